@@ -1,0 +1,74 @@
+"""Atomic checkpoints in ``<output_dir>/checkpoints/checkpoint-<step>``.
+
+A checkpoint is written by `Accelerator.save_state` (model, optimizer, RNG states of every process, and
+every object registered with `register_for_checkpointing`: the LR scheduler and the training state —
+sampler, loader positions, best metric) into ``checkpoint-<step>.tmp``, and renamed to its final name
+only once every process has finished writing. A crash mid-save leaves a ``.tmp`` directory that
+`latest_checkpoint` never picks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from .errors import ConfigError
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoints_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoints_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def resolve_resume_path(value: str | None, output_dir: str | Path) -> Path | None:
+    """`train.resume_from_checkpoint` -> a checkpoint directory (None: start fresh).
+
+    'latest' means the newest complete checkpoint in output_dir, or a fresh start when there is none
+    yet (so one command both starts and resumes a run).
+    """
+    if value is None:
+        return None
+    if value == "latest":
+        return latest_checkpoint(output_dir)
+    path = Path(value)
+    if not path.is_dir():
+        raise ConfigError(f"train.resume_from_checkpoint={value!r} is not a directory (or use 'latest')")
+    return path
+
+
+def save_checkpoint(accelerator, output_dir: str | Path, step: int, save_total_limit: int | None) -> Path:
+    """Write a checkpoint atomically and keep only the newest `save_total_limit`. Call on every process."""
+    final = checkpoints_dir(output_dir) / f"checkpoint-{step}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover from a crash
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if save_total_limit:
+            for old in list_checkpoints(output_dir)[:-save_total_limit]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final

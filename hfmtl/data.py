@@ -1,0 +1,226 @@
+"""Per-task data: load (Hub id or local files), tokenize once (cached by `datasets`), build loaders.
+
+Relative paths in `data_files` are read from the current working directory, as `datasets` does; the
+configs in this repository are meant to be run from its root.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .errors import DataError
+from .tasks import Task
+
+# file suffix -> (datasets builder, extra builder kwargs)
+_BUILDERS = {
+    ".jsonl": ("json", {}),
+    ".json": ("json", {}),
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".parquet": ("parquet", {}),
+}
+
+
+@dataclass
+class TaskData:
+    """A task's tokenized train features, and its eval features with the raw eval examples behind them
+    (QA maps predictions back to context text through them)."""
+
+    train: datasets.Dataset
+    eval_features: datasets.Dataset | None
+    eval_examples: datasets.Dataset | None
+
+
+def _builder_for(task_name: str, data_files: dict[str, Any], dataset: str | None) -> tuple[str, dict]:
+    paths = [p for files in data_files.values() for p in ([files] if isinstance(files, str) else files)]
+    for path in paths:
+        if not Path(path).is_file():
+            raise DataError(
+                f"task {task_name!r}: data file {path!r} does not exist (paths are relative to the "
+                f"current directory {str(Path.cwd())!r})"
+            )
+    if dataset:
+        return dataset, {}
+    suffixes = {Path(p).suffix.lower() for p in paths}
+    if len(suffixes) != 1 or next(iter(suffixes)) not in _BUILDERS:
+        raise DataError(
+            f"task {task_name!r}: cannot infer the file format from {sorted(suffixes)}; "
+            f"use one of {sorted(_BUILDERS)} or set `dataset: json|csv|parquet`"
+        )
+    return _BUILDERS[next(iter(suffixes))]
+
+
+def load_raw_splits(task: Task) -> dict[str, datasets.Dataset]:
+    """The task's raw train (and eval) split, cut to max_*_samples.
+
+    Raises:
+        DataError: a file is missing, a split is not there, or the Hub cannot be reached.
+    """
+    c = task.config
+    wanted = {"train": c.train_split, **({"eval": c.eval_split} if c.eval_split else {})}
+    builder_kwargs: dict[str, Any] = {}
+    if c.data_files:
+        for split in wanted.values():
+            if split not in c.data_files:
+                raise DataError(
+                    f"task {task.name!r}: data_files has no {split!r} split (has {sorted(c.data_files)})"
+                )
+        path, builder_kwargs = _builder_for(task.name, c.data_files, c.dataset)
+        builder_kwargs["data_files"] = {s: c.data_files[s] for s in wanted.values()}
+    else:
+        path = c.dataset
+        builder_kwargs.update(name=c.subset, revision=c.revision)
+    splits = {}
+    for role, split in wanted.items():
+        try:
+            ds = datasets.load_dataset(path, split=split, **builder_kwargs)
+        except (FileNotFoundError, ConnectionError, ValueError) as err:
+            # datasets raises these for an unknown Hub id, no network, or a missing split
+            raise DataError(f"task {task.name!r}: cannot load split {split!r} of {path!r}: {err}") from err
+        limit = c.max_train_samples if role == "train" else c.max_eval_samples
+        if limit is not None and limit < len(ds):
+            ds = ds.select(range(limit))
+        splits[role] = ds
+    return splits
+
+
+def prepare_task_data(task: Task, tokenizer, max_length: int, main_process_first) -> TaskData:
+    """Load, check and tokenize one task's data.
+
+    Args:
+        task: the task; its `setup` is called with the raw splits (labels get resolved there).
+        tokenizer: a fast tokenizer.
+        max_length: tokens per input (the task's own `max_length` wins).
+        main_process_first: `accelerator.main_process_first` — the main process tokenizes and writes
+            the cache, the others then read it.
+    """
+    raw = load_raw_splits(task)
+    task.setup(raw)
+    max_length = task.config.max_length or max_length
+    kwargs = {"tokenizer": tokenizer, "max_length": max_length}
+    with main_process_first():
+        train = raw["train"].map(
+            task.preprocess,
+            batched=True,
+            fn_kwargs=kwargs,
+            remove_columns=raw["train"].column_names,
+            desc=f"Tokenizing {task.name} train",
+        )
+        eval_features = None
+        if "eval" in raw:
+            eval_features = raw["eval"].map(
+                task.preprocess_eval,
+                batched=True,
+                fn_kwargs=kwargs,
+                remove_columns=raw["eval"].column_names,
+                desc=f"Tokenizing {task.name} eval",
+            )
+    if len(train) == 0:
+        raise DataError(f"task {task.name!r}: no training features after tokenization")
+    return TaskData(train=train, eval_features=eval_features, eval_examples=raw.get("eval"))
+
+
+def feature_lengths(dataset: datasets.Dataset) -> list[int]:
+    """Tokens per feature (summed over choices for multiple choice), for length-grouped batching."""
+    lengths = []
+    for ids in dataset["input_ids"]:
+        lengths.append(sum(len(x) for x in ids) if ids and isinstance(ids[0], list) else len(ids))
+    return lengths
+
+
+class EpochSampler(Sampler[int]):
+    """A fresh, seeded permutation per epoch; optionally grouped by length.
+
+    Every process draws the same permutation (same seed, same epoch); Accelerate then hands consecutive
+    batches to different processes. `use_epoch` is called by the trainer (not Accelerate's `set_epoch`)
+    because a task's epochs advance independently of every other task's.
+
+    With `lengths` and `batch_size`, indices are shuffled, cut into mega-batches of 50 batches, sorted
+    by length inside each (so a batch holds similar lengths and little padding), and the batches are
+    shuffled again so that training does not see lengths in order.
+    """
+
+    def __init__(
+        self,
+        num_examples: int,
+        seed: int,
+        lengths: list[int] | None = None,
+        batch_size: int | None = None,
+        megabatch_batches: int = 50,
+    ):
+        self.num_examples = num_examples
+        self.seed = seed
+        self.lengths = np.asarray(lengths) if lengths is not None else None
+        self.batch_size = batch_size
+        self.megabatch_batches = megabatch_batches
+        self.epoch = 0
+
+    def use_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.num_examples)
+        if self.lengths is not None and self.batch_size:
+            size = self.batch_size * self.megabatch_batches
+            sorted_chunks = [
+                chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+                for chunk in (order[i : i + size] for i in range(0, len(order), size))
+            ]
+            batches = [
+                c[i : i + self.batch_size] for c in sorted_chunks for i in range(0, len(c), self.batch_size)
+            ]
+            # only the last batch of all may be short; keep it last so the others stay full
+            full, last = (batches[:-1], batches[-1:]) if len(batches[-1]) < self.batch_size else (batches, [])
+            full = [full[i] for i in rng.permutation(len(full))]
+            order = np.concatenate(full + last) if (full or last) else order
+        return iter(order.tolist())
+
+
+def build_train_loader(
+    task: Task,
+    dataset: datasets.Dataset,
+    tokenizer,
+    batch_size: int,
+    seed: int,
+    group_by_length: bool,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A task's training loader over its `EpochSampler` (to be passed through `accelerator.prepare`)."""
+    lengths = feature_lengths(dataset) if group_by_length else None
+    sampler = EpochSampler(len(dataset), seed, lengths, batch_size if group_by_length else None)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=functools.partial(task.collate, tokenizer=tokenizer),
+        num_workers=num_workers,
+        # a loader-owned generator: creating an iterator must not draw from the global torch RNG, or a
+        # resumed run (which creates its iterators at other steps) would get other dropout masks
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def build_eval_loader(
+    task: Task, dataset: datasets.Dataset, tokenizer, batch_size: int, num_workers: int = 0
+) -> DataLoader:
+    """A task's evaluation loader, in dataset order (predictions are matched to examples by position)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=functools.partial(task.collate, tokenizer=tokenizer),
+        num_workers=num_workers,
+    )

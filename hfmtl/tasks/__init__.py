@@ -1,0 +1,83 @@
+"""Registry of task types.
+
+Add a task type by writing one file here with a `Task` subclass decorated by `@register_task("name")`,
+and importing it at the bottom of this module. A task type defined outside the package can be used by
+its dotted path: ``type: mypackage.tasks:MyTask``.
+
+Example:
+    >>> sorted(TASK_TYPES)
+    ['classification', 'multiple_choice', 'question_answering', 'regression', 'token_classification']
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..config import _suggest, build_dataclass
+from ..errors import ConfigError
+from ..metrics import check_metric_name
+from .base import Task, TaskConfig
+
+TASK_TYPES: dict[str, type[Task]] = {}
+
+
+def register_task(type_name: str):
+    """Class decorator: make a `Task` subclass available as ``type: <type_name>`` in configs."""
+
+    def decorator(cls: type[Task]) -> type[Task]:
+        if type_name in TASK_TYPES:
+            raise ValueError(f"task type {type_name!r} is registered twice")
+        cls.type_name = type_name
+        TASK_TYPES[type_name] = cls
+        return cls
+
+    return decorator
+
+
+def get_task_class(type_name: str, key: str = "type") -> type[Task]:
+    """The Task class for a registered type name or a ``module:Class`` / ``module.Class`` path."""
+    if type_name in TASK_TYPES:
+        return TASK_TYPES[type_name]
+    if ":" in type_name or "." in type_name:
+        module_name, _, attr = type_name.replace(":", ".").rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"{key}={type_name!r} cannot be imported: {err}") from err
+        if not (isinstance(cls, type) and issubclass(cls, Task)):
+            raise ConfigError(f"{key}={type_name!r} is not a subclass of hfmtl.tasks.Task")
+        return cls
+    raise ConfigError(
+        f"{key}={type_name!r} is not a task type{_suggest(type_name, TASK_TYPES)} "
+        f"(known: {', '.join(sorted(TASK_TYPES))}; or a dotted path to a Task subclass)"
+    )
+
+
+def task_config_from_dict(name: str, data: Any) -> TaskConfig:
+    """Build the typed config of task `name` from its YAML mapping (its `type` picks the class)."""
+    prefix = f"tasks.{name}"
+    if not name.isidentifier():
+        raise ConfigError(f"task name {name!r} must be a Python identifier (letters, digits, _)")
+    if not isinstance(data, dict) or "type" not in data:
+        raise ConfigError(f"{prefix} needs a `type:` (one of {', '.join(sorted(TASK_TYPES))})")
+    cls = get_task_class(str(data["type"]), f"{prefix}.type")
+    try:
+        config = build_dataclass(cls.config_class, data, prefix)
+    except ConfigError as err:
+        message = str(err)
+        raise ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}") from err
+    for i, metric in enumerate(config.metrics or []):
+        check_metric_name(f"{prefix}.metrics[{i}]", metric)
+    return config
+
+
+def build_task(name: str, config: TaskConfig) -> Task:
+    """Instantiate the Task object for a validated task config."""
+    return get_task_class(config.type)(name, config)
+
+
+# Task types shipped with hfmtl: imported for their @register_task side effect.
+from . import classification, multiple_choice, question_answering, token_classification  # noqa: E402,F401
+
+__all__ = ["TASK_TYPES", "Task", "TaskConfig", "build_task", "get_task_class", "register_task"]

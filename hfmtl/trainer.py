@@ -1,0 +1,436 @@
+"""The multi-task training loop on Accelerate.
+
+One optimizer step = one task (drawn by the `TaskSampler`, the same on every process) x
+`gradient_accumulation_steps` micro-batches of that task. Accelerate owns devices, processes, mixed
+precision, gradient accumulation and checkpoint I/O; this module owns the order of work, per-task
+evaluation, the best-model choice and an exact resume.
+
+Example:
+    >>> trainer = MultiTaskTrainer(model, tasks, data, tokenizer, config, accelerator)  # doctest: +SKIP
+    >>> trainer.train()                                                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .checkpointing import resolve_resume_path, save_checkpoint
+from .config import RunConfig
+from .data import TaskData, build_eval_loader, build_train_loader
+from .errors import ConfigError
+from .evaluation import evaluate_tasks
+from .sampling import TaskSampler, steps_per_epoch
+from .tasks import Task
+
+logger = logging.getLogger("hfmtl")
+
+
+def build_accelerator(config: RunConfig, cpu: bool = False) -> Accelerator:
+    """The run's Accelerator: precision, accumulation and trackers from the config.
+
+    Args:
+        config: the run config.
+        cpu: force the CPU (also for several processes: gloo DDP on CPU).
+    """
+    train = config.train
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=train.mixed_precision,
+        # the loop, not the dataloader, decides when an accumulation window ends: several task loaders
+        # run out at different times, and a loader's end must not force an early optimizer step
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=train.gradient_accumulation_steps, sync_with_dataloader=False
+        ),
+        # the heads of the tasks not drawn at a step get no gradient; DDP must be told so
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(config.tasks) > 1)],
+        log_with=train.report_to or None,
+        project_dir=train.output_dir,
+    )
+
+
+class TrainingState:
+    """What an exact resume needs beyond model, optimizer, scheduler and RNG (saved by Accelerate)."""
+
+    def __init__(self, sampler: TaskSampler):
+        self.global_step = 0
+        self.sampler = sampler
+        # per task: which pass over its data, and how many of its batches this pass has used
+        self.positions = {name: {"epoch": 0, "batches": 0} for name in sampler.task_names}
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "global_step": self.global_step,
+            "sampler": self.sampler.state_dict(),
+            "positions": self.positions,
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.global_step = int(state["global_step"])
+        self.positions = {k: dict(v) for k, v in state["positions"].items()}
+        self.best_metric = state["best_metric"]
+        self.best_step = state["best_step"]
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+class MultiTaskTrainer:
+    """Trains a `MultiTaskModel` on several tasks with Accelerate.
+
+    Args:
+        model: the multi-task model (not yet prepared).
+        tasks: task_name -> Task, after `setup`.
+        data: task_name -> its tokenized `TaskData`.
+        tokenizer: used by the collators.
+        config: the run config (`train` and `sampling` sections are used here).
+        accelerator: from `build_accelerator`.
+    """
+
+    def __init__(
+        self,
+        model,
+        tasks: dict[str, Task],
+        data: dict[str, TaskData],
+        tokenizer,
+        config: RunConfig,
+        accelerator: Accelerator,
+    ):
+        self.tasks, self.data, self.tokenizer = tasks, data, tokenizer
+        self.config, self.args, self.accelerator = config, config.train, accelerator
+        args = self.args
+        self.output_dir = Path(args.output_dir)
+
+        batch_sizes = {n: t.config.batch_size or args.per_device_train_batch_size for n, t in tasks.items()}
+        sizes = {n: len(d.train) for n, d in data.items()}
+        s = config.sampling
+        self.sampler = TaskSampler(
+            sizes, s.strategy, s.temperature, s.max_examples, s.weights, seed=args.seed
+        )
+        self.state = TrainingState(self.sampler)
+        self.steps_per_epoch = steps_per_epoch(
+            sizes, batch_sizes, accelerator.num_processes, args.gradient_accumulation_steps
+        )
+        self.total_steps = args.max_steps or math.ceil(args.num_train_epochs * self.steps_per_epoch)
+
+        train_loaders = {
+            name: build_train_loader(
+                tasks[name],
+                data[name].train,
+                tokenizer,
+                batch_sizes[name],
+                seed=args.seed + i,
+                group_by_length=args.group_by_length,
+                num_workers=args.dataloader_num_workers,
+            )
+            for i, name in enumerate(tasks)
+        }
+        self._samplers = {name: loader.sampler for name, loader in train_loaders.items()}
+        eval_loaders = {
+            name: build_eval_loader(
+                tasks[name],
+                d.eval_features,
+                tokenizer,
+                args.per_device_eval_batch_size,
+                args.dataloader_num_workers,
+            )
+            for name, d in data.items()
+            if d.eval_features is not None
+        }
+
+        self.optimizer = torch.optim.AdamW(
+            self._param_groups(model),
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+        )
+        warmup = args.warmup_steps or math.ceil(args.warmup_ratio * self.total_steps)
+        # Not passed through `prepare`: Accelerate would step it once per process per step; here it
+        # steps once per real optimizer step, so the schedule is the same on 1 or N processes.
+        self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, warmup, self.total_steps)
+
+        names = list(train_loaders)
+        eval_names = list(eval_loaders)
+        prepared = accelerator.prepare(model, self.optimizer, *train_loaders.values(), *eval_loaders.values())
+        self.model, self.optimizer = prepared[0], prepared[1]
+        self.train_loaders = dict(zip(names, prepared[2 : 2 + len(names)]))
+        self.eval_loaders = dict(zip(eval_names, prepared[2 + len(names) :]))
+        accelerator.register_for_checkpointing(self.scheduler, self.state)
+        self._iterators: dict[str, Iterator] = {}
+        self._loss_sums = torch.zeros(len(names), device=accelerator.device)
+        self._loss_counts = torch.zeros(len(names), device=accelerator.device)
+        self._task_index = {name: i for i, name in enumerate(names)}
+        self.history: list[dict[str, Any]] = []
+
+    @staticmethod
+    def _param_groups(model) -> list[dict[str, Any]]:
+        # weight decay on matrices only: biases and norm weights (1-D) are not decayed
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.ndim >= 2]},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+
+    # --- data --------------------------------------------------------------------------------------
+
+    def _next_batch(self, task_name: str) -> dict[str, torch.Tensor]:
+        """The task's next batch; at the end of its data, a new reshuffled pass starts."""
+        position = self.state.positions[task_name]
+        iterator = self._iterators.get(task_name)
+        if iterator is None:
+            iterator = self._iterators[task_name] = self._start_pass(task_name, position)
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            position["epoch"] += 1
+            position["batches"] = 0
+            iterator = self._iterators[task_name] = self._start_pass(task_name, position)
+            batch = next(iterator)
+        position["batches"] += 1
+        return batch
+
+    def _start_pass(self, task_name: str, position: dict[str, int]) -> Iterator:
+        self._samplers[task_name].use_epoch(position["epoch"])
+        loader = self.train_loaders[task_name]
+        if position["batches"]:  # resuming mid-pass: skip what was used (indices only, no collation)
+            loader = self.accelerator.skip_first_batches(loader, position["batches"])
+        return iter(loader)
+
+    # --- training ----------------------------------------------------------------------------------
+
+    def train(self) -> list[dict[str, Any]]:
+        """Run the training; returns the evaluation history (also in ``metrics.json``)."""
+        acc, args, state = self.accelerator, self.args, self.state
+        resume = resolve_resume_path(args.resume_from_checkpoint, self.output_dir)
+        if resume is not None:
+            acc.load_state(str(resume))
+            self._iterators.clear()
+            self._load_history()
+            logger.info("Resumed from %s at step %d", resume, state.global_step)
+        acc.init_trackers("hfmtl", config=_flat_hparams(self.config.to_dict()))
+        logger.info(
+            "Training %d steps (%d per epoch) on tasks %s, sampling %s",
+            self.total_steps,
+            self.steps_per_epoch,
+            list(self.tasks),
+            {k: round(v, 4) for k, v in self.sampler.probabilities().items()},
+        )
+        progress = tqdm(
+            total=self.total_steps,
+            initial=state.global_step,
+            desc="train",
+            disable=not acc.is_local_main_process,
+            dynamic_ncols=True,
+        )
+        start_time, last_eval_step = time.time(), None
+        self.model.train()
+        while state.global_step < self.total_steps:
+            task_name = self.sampler.next_task()
+            self._train_step(task_name)
+            state.global_step += 1
+            progress.update(1)
+            step = state.global_step
+            if step % args.logging_steps == 0 or step == self.total_steps:
+                logs = self._log_train(step)
+                progress.set_postfix(
+                    {k.split("/")[1]: f"{v:.3f}" for k, v in logs.items() if k.endswith("/loss")}
+                )
+            if args.eval_steps and step % args.eval_steps == 0:
+                self._evaluate_and_track(step)
+                last_eval_step = step
+            if args.save_steps and step % args.save_steps == 0:
+                save_checkpoint(acc, self.output_dir, step, args.save_total_limit)
+        progress.close()
+        if self.eval_loaders and last_eval_step != state.global_step:
+            self._evaluate_and_track(state.global_step)
+        self._train_runtime = time.time() - start_time
+        self._finish()
+        return self.history
+
+    def _train_step(self, task_name: str) -> None:
+        acc, args = self.accelerator, self.args
+        for _ in range(args.gradient_accumulation_steps):
+            batch = self._next_batch(task_name)
+            with acc.accumulate(self.model):
+                loss = self.model(task=task_name, **batch).loss
+                acc.backward(loss)
+                if acc.sync_gradients and args.max_grad_norm:
+                    acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                self.optimizer.step()
+                if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            # summed on device: no host sync per step; read once per logging window
+            index = self._task_index[task_name]
+            self._loss_sums[index] += loss.detach().float()
+            self._loss_counts[index] += 1
+
+    def _log_train(self, step: int) -> dict[str, float]:
+        sums = self.accelerator.reduce(self._loss_sums.clone(), reduction="sum")
+        counts = self.accelerator.reduce(self._loss_counts.clone(), reduction="sum")
+        self._loss_sums.zero_()
+        self._loss_counts.zero_()
+        logs = {
+            f"train/{name}/loss": float(sums[i] / counts[i])
+            for name, i in self._task_index.items()
+            if counts[i] > 0
+        }
+        logs["train/learning_rate"] = float(self.scheduler.get_last_lr()[0])
+        self.accelerator.log(logs, step=step)
+        logger.info("step %d: %s", step, {k: round(v, 5) for k, v in logs.items()})
+        return logs
+
+    # --- evaluation ----------------------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        """Every task's eval metrics now (see `evaluate_tasks`)."""
+        return evaluate_tasks(self.model, self.tasks, self.data, self.eval_loaders, self.accelerator)
+
+    def _evaluate_and_track(self, step: int) -> dict[str, float]:
+        results = self.evaluate()
+        self.accelerator.log(results, step=step)
+        logger.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in results.items()})
+        entry = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), **results}
+        self.history.append(entry)
+        score = results.get("eval/mean")
+        if score is not None and (self.state.best_metric is None or score > self.state.best_metric):
+            self.state.best_metric, self.state.best_step = score, step
+            if self.args.load_best_model_at_end:
+                self._save_model_atomic(self.output_dir / "best")
+        self._write_metrics()
+        return results
+
+    # --- output ----------------------------------------------------------------------------------------
+
+    def _save_model_atomic(self, directory: Path) -> None:
+        acc = self.accelerator
+        state_dict = acc.get_state_dict(self.model)  # collective under some backends: every process
+        if acc.is_main_process:
+            tmp = directory.with_name(directory.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=state_dict)
+            shutil.rmtree(directory, ignore_errors=True)
+            os.replace(tmp, directory)
+        acc.wait_for_everyone()
+
+    def _write_metrics(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        data = {
+            "history": self.history,
+            "best": {"step": self.state.best_step, "eval/mean": self.state.best_metric},
+            "main_metrics": {name: task.main_metric for name, task in self.tasks.items()},
+        }
+        if hasattr(self, "_train_runtime"):
+            data["train"] = {
+                "steps": self.state.global_step,
+                "runtime_seconds": round(self._train_runtime, 1),
+            }
+        _write_json_atomic(self.output_dir / "metrics.json", data)
+
+    def _load_history(self) -> None:
+        path = self.output_dir / "metrics.json"
+        if path.is_file():
+            history = json.loads(path.read_text()).get("history", [])
+            self.history = [e for e in history if e["step"] <= self.state.global_step]
+
+    def _finish(self) -> None:
+        """Put the final weights (the best evaluation's, if asked) in the model and in output_dir."""
+        acc = self.accelerator
+        best = self.output_dir / "best"
+        if self.args.load_best_model_at_end and (best / "model.safetensors").is_file():
+            acc.unwrap_model(self.model).load_state_dict(load_file(str(best / "model.safetensors")))
+            logger.info(
+                "Loaded the best model (step %s, eval/mean %.4f)",
+                self.state.best_step,
+                self.state.best_metric,
+            )
+        self.save_model(self.output_dir)
+        if acc.is_main_process:
+            shutil.rmtree(best, ignore_errors=True)
+        self._write_metrics()
+        acc.end_training()
+
+    def save_model(self, directory: str | Path) -> None:
+        """`save_pretrained` of the model and the tokenizer into `directory` (main process writes)."""
+        acc = self.accelerator
+        state_dict = acc.get_state_dict(self.model)
+        if acc.is_main_process:
+            acc.unwrap_model(self.model).save_pretrained(directory, state_dict=state_dict)
+            self.tokenizer.save_pretrained(directory)
+        acc.wait_for_everyone()
+
+
+def _flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Scalars of a nested config as ``a/b/c`` keys (trackers such as TensorBoard take flat scalars)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_hparams(value, f"{name}/"))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+        elif isinstance(value, list):
+            flat[name] = ",".join(map(str, value))
+    return flat
+
+
+def check_output_dir(config: RunConfig) -> None:
+    """Refuse to write into a non-empty output_dir unless resuming or told to overwrite."""
+    args = config.train
+    path = Path(args.output_dir)
+    if path.is_file():
+        raise ConfigError(f"train.output_dir={args.output_dir!r} is a file")
+    if (
+        path.is_dir()
+        and any(path.iterdir())
+        and not (args.resume_from_checkpoint or args.overwrite_output_dir)
+    ):
+        raise ConfigError(
+            f"train.output_dir={args.output_dir!r} is not empty; set train.overwrite_output_dir=true, "
+            "train.resume_from_checkpoint=latest, or another output_dir"
+        )
+
+
+def setup_logging(accelerator: Accelerator, log_file: str | Path | None = None) -> None:
+    """INFO logs on the main process (to stderr and, if given, `log_file`); warnings only elsewhere."""
+    import datasets
+    import transformers
+
+    level = logging.INFO if accelerator.is_main_process else logging.WARNING
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    logger.setLevel(level)
+    if not logger.handlers:
+        stream = logging.StreamHandler()
+        stream.setFormatter(fmt)
+        logger.addHandler(stream)
+    if log_file is not None and accelerator.is_main_process:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    logger.propagate = False
+    # the libraries' own progress bars stay; their INFO chatter goes
+    transformers.utils.logging.set_verbosity_error()
+    datasets.utils.logging.set_verbosity_warning()
