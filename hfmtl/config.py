@@ -65,9 +65,7 @@ class ModelConfig:
     classifier_dropout: float | None = field(
         default=None, metadata={"help": "Dropout in the heads; defaults to the encoder's hidden dropout."}
     )
-    max_length: int = field(
-        default=128, metadata={"help": "Default max tokens per input; tasks may override."}
-    )
+    max_length: int = field(default=128, metadata={"help": "Default max tokens per input; tasks may override."})
 
     def __post_init__(self) -> None:
         check_choice("model.pooling", self.pooling, POOLING_CHOICES)
@@ -119,9 +117,7 @@ class TrainConfig:
     )
     num_train_epochs: float = field(
         default=1.0,
-        metadata={
-            "help": "One epoch = as many steps as all tasks' train batches together (see sampling.py)."
-        },
+        metadata={"help": "One epoch = as many steps as all tasks' train batches together (see sampling.py)."},
     )
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Default per-task batch size."})
     per_device_eval_batch_size: int = 64
@@ -136,9 +132,7 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     warmup_steps: int = field(default=0, metadata={"help": "Overrides warmup_ratio when > 0."})
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16 (through Accelerate)."})
-    eval_steps: int | None = field(
-        default=None, metadata={"help": "Evaluate every N steps (and always at the end)."}
-    )
+    eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (and always at the end)."})
     save_steps: int | None = field(default=None, metadata={"help": "Checkpoint every N steps; null: never."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep the last K checkpoints."})
     logging_steps: int = 50
@@ -151,9 +145,7 @@ class TrainConfig:
     load_best_model_at_end: bool = field(
         default=True, metadata={"help": "Save the weights of the best evaluation (by mean main metric)."}
     )
-    report_to: list[str] = field(
-        default_factory=list, metadata={"help": "Accelerate trackers, e.g. [tensorboard]."}
-    )
+    report_to: list[str] = field(default_factory=list, metadata={"help": "Accelerate trackers, e.g. [tensorboard]."})
     dataloader_num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -292,9 +284,7 @@ def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
     missing = [
         name
         for name, f in fields.items()
-        if name not in kwargs
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
     ]
     if missing:
         raise ConfigError(f"{prefix}.{missing[0]} is required")
@@ -339,9 +329,7 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> di
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(
-                f"override {item!r} must look like section.key=value (e.g. train.max_steps=100)"
-            )
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.max_steps=100)")
         value = yaml.safe_load(raw) if raw != "" else None
         node = data
         parts = key.split(".")

@@ -35,7 +35,7 @@ class TaskData:
     """A task's tokenized train features, and its eval features with the raw eval examples behind them
     (QA maps predictions back to context text through them)."""
 
-    train: datasets.Dataset
+    train: datasets.Dataset | None
     eval_features: datasets.Dataset | None
     eval_examples: datasets.Dataset | None
 
@@ -59,21 +59,21 @@ def _builder_for(task_name: str, data_files: dict[str, Any], dataset: str | None
     return _BUILDERS[next(iter(suffixes))]
 
 
-def load_raw_splits(task: Task) -> dict[str, datasets.Dataset]:
-    """The task's raw train (and eval) split, cut to max_*_samples.
+def load_raw_splits(task: Task, train: bool = True) -> dict[str, datasets.Dataset]:
+    """The task's raw train (unless `train` is False) and eval splits, cut to max_*_samples.
 
     Raises:
         DataError: a file is missing, a split is not there, or the Hub cannot be reached.
     """
     c = task.config
-    wanted = {"train": c.train_split, **({"eval": c.eval_split} if c.eval_split else {})}
+    wanted = {**({"train": c.train_split} if train else {}), **({"eval": c.eval_split} if c.eval_split else {})}
+    if not wanted:
+        raise DataError(f"task {task.name!r} has no eval_split to evaluate on")
     builder_kwargs: dict[str, Any] = {}
     if c.data_files:
         for split in wanted.values():
             if split not in c.data_files:
-                raise DataError(
-                    f"task {task.name!r}: data_files has no {split!r} split (has {sorted(c.data_files)})"
-                )
+                raise DataError(f"task {task.name!r}: data_files has no {split!r} split (has {sorted(c.data_files)})")
         path, builder_kwargs = _builder_for(task.name, c.data_files, c.dataset)
         builder_kwargs["data_files"] = {s: c.data_files[s] for s in wanted.values()}
     else:
@@ -93,8 +93,8 @@ def load_raw_splits(task: Task) -> dict[str, datasets.Dataset]:
     return splits
 
 
-def prepare_task_data(task: Task, tokenizer, max_length: int, main_process_first) -> TaskData:
-    """Load, check and tokenize one task's data.
+def prepare_task_data(task: Task, tokenizer, max_length: int, main_process_first, train: bool = True) -> TaskData:
+    """Load, check and tokenize one task's data (without its train split if `train` is False).
 
     Args:
         task: the task; its `setup` is called with the raw splits (labels get resolved there).
@@ -103,18 +103,20 @@ def prepare_task_data(task: Task, tokenizer, max_length: int, main_process_first
         main_process_first: `accelerator.main_process_first` — the main process tokenizes and writes
             the cache, the others then read it.
     """
-    raw = load_raw_splits(task)
+    raw = load_raw_splits(task, train)
     task.setup(raw)
     max_length = task.config.max_length or max_length
     kwargs = {"tokenizer": tokenizer, "max_length": max_length}
     with main_process_first():
-        train = raw["train"].map(
-            task.preprocess,
-            batched=True,
-            fn_kwargs=kwargs,
-            remove_columns=raw["train"].column_names,
-            desc=f"Tokenizing {task.name} train",
-        )
+        train_features = None
+        if "train" in raw:
+            train_features = raw["train"].map(
+                task.preprocess,
+                batched=True,
+                fn_kwargs=kwargs,
+                remove_columns=raw["train"].column_names,
+                desc=f"Tokenizing {task.name} train",
+            )
         eval_features = None
         if "eval" in raw:
             eval_features = raw["eval"].map(
@@ -124,9 +126,9 @@ def prepare_task_data(task: Task, tokenizer, max_length: int, main_process_first
                 remove_columns=raw["eval"].column_names,
                 desc=f"Tokenizing {task.name} eval",
             )
-    if len(train) == 0:
+    if train_features is not None and len(train_features) == 0:
         raise DataError(f"task {task.name!r}: no training features after tokenization")
-    return TaskData(train=train, eval_features=eval_features, eval_examples=raw.get("eval"))
+    return TaskData(train=train_features, eval_features=eval_features, eval_examples=raw.get("eval"))
 
 
 def feature_lengths(dataset: datasets.Dataset) -> list[int]:
@@ -179,9 +181,7 @@ class EpochSampler(Sampler[int]):
                 chunk[np.argsort(-self.lengths[chunk], kind="stable")]
                 for chunk in (order[i : i + size] for i in range(0, len(order), size))
             ]
-            batches = [
-                c[i : i + self.batch_size] for c in sorted_chunks for i in range(0, len(c), self.batch_size)
-            ]
+            batches = [c[i : i + self.batch_size] for c in sorted_chunks for i in range(0, len(c), self.batch_size)]
             # only the last batch of all may be short; keep it last so the others stay full
             full, last = (batches[:-1], batches[-1:]) if len(batches[-1]) < self.batch_size else (batches, [])
             full = [full[i] for i in rng.permutation(len(full))]

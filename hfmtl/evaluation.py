@@ -34,15 +34,11 @@ def evaluate_tasks(
     main_values = []
     for name, loader in eval_loaders.items():
         task, outputs = tasks[name], []
-        for batch in tqdm(
-            loader, desc=f"eval {name}", leave=False, disable=not accelerator.is_local_main_process
-        ):
+        for batch in tqdm(loader, desc=f"eval {name}", leave=False, disable=not accelerator.is_local_main_process):
             logits = model(task=name, **batch).logits
             tensors = {
                 # sequence lengths differ between processes: pad before gathering
-                key: accelerator.pad_across_processes(value, dim=1, pad_index=-100)
-                if value.dim() > 1
-                else value
+                key: accelerator.pad_across_processes(value, dim=1, pad_index=-100) if value.dim() > 1 else value
                 for key, value in task.eval_outputs(batch, logits).items()
             }
             gathered = accelerator.gather_for_metrics(tensors)

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -112,9 +113,7 @@ class MultiTaskModel(PreTrainedModel):
             dropout = getattr(config.encoder, "hidden_dropout_prob", getattr(config.encoder, "dropout", 0.1))
         self.heads = nn.ModuleDict(
             {
-                name: get_task_class(spec["type"]).build_head(
-                    spec, config.hidden_size, dropout, config.pooling
-                )
+                name: get_task_class(spec["type"]).build_head(spec, config.hidden_size, dropout, config.pooling)
                 for name, spec in config.tasks.items()
             }
         )
@@ -139,9 +138,7 @@ class MultiTaskModel(PreTrainedModel):
             **encoder_kwargs: passed to `AutoModel.from_pretrained` (e.g. ``revision``).
         """
         encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **encoder_kwargs)
-        encoder = AutoModel.from_pretrained(
-            encoder_name_or_path, **_encoder_kwargs(encoder_config), **encoder_kwargs
-        )
+        encoder = AutoModel.from_pretrained(encoder_name_or_path, **_encoder_kwargs(encoder_config), **encoder_kwargs)
         # A config's attention kernel is set recursively on its sub-configs: pass the one the encoder
         # chose, or building MultiTaskConfig would reset the shared encoder config to None (eager).
         config = MultiTaskConfig(
@@ -204,11 +201,8 @@ class MultiTaskModel(PreTrainedModel):
 
 def register_auto_classes() -> None:
     """Make `AutoConfig` / `AutoModel` resolve ``model_type: hfmtl`` (idempotent)."""
-    try:
+    # ValueError: already registered by an earlier import
+    with contextlib.suppress(ValueError):
         AutoConfig.register(MultiTaskConfig.model_type, MultiTaskConfig)
-    except ValueError:  # already registered by an earlier import
-        pass
-    try:
+    with contextlib.suppress(ValueError):
         AutoModel.register(MultiTaskConfig, MultiTaskModel)
-    except ValueError:
-        pass

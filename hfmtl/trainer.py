@@ -126,9 +126,7 @@ class MultiTaskTrainer:
         batch_sizes = {n: t.config.batch_size or args.per_device_train_batch_size for n, t in tasks.items()}
         sizes = {n: len(d.train) for n, d in data.items()}
         s = config.sampling
-        self.sampler = TaskSampler(
-            sizes, s.strategy, s.temperature, s.max_examples, s.weights, seed=args.seed
-        )
+        self.sampler = TaskSampler(sizes, s.strategy, s.temperature, s.max_examples, s.weights, seed=args.seed)
         self.state = TrainingState(self.sampler)
         self.steps_per_epoch = steps_per_epoch(
             sizes, batch_sizes, accelerator.num_processes, args.gradient_accumulation_steps
@@ -254,9 +252,7 @@ class MultiTaskTrainer:
             step = state.global_step
             if step % args.logging_steps == 0 or step == self.total_steps:
                 logs = self._log_train(step)
-                progress.set_postfix(
-                    {k.split("/")[1]: f"{v:.3f}" for k, v in logs.items() if k.endswith("/loss")}
-                )
+                progress.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in logs.items() if k.endswith("/loss")})
             if args.eval_steps and step % args.eval_steps == 0:
                 self._evaluate_and_track(step)
                 last_eval_step = step
@@ -293,9 +289,7 @@ class MultiTaskTrainer:
         self._loss_sums.zero_()
         self._loss_counts.zero_()
         logs = {
-            f"train/{name}/loss": float(sums[i] / counts[i])
-            for name, i in self._task_index.items()
-            if counts[i] > 0
+            f"train/{name}/loss": float(sums[i] / counts[i]) for name, i in self._task_index.items() if counts[i] > 0
         }
         logs["train/learning_rate"] = float(self.scheduler.get_last_lr()[0])
         self.accelerator.log(logs, step=step)
@@ -403,11 +397,7 @@ def check_output_dir(config: RunConfig) -> None:
     path = Path(args.output_dir)
     if path.is_file():
         raise ConfigError(f"train.output_dir={args.output_dir!r} is a file")
-    if (
-        path.is_dir()
-        and any(path.iterdir())
-        and not (args.resume_from_checkpoint or args.overwrite_output_dir)
-    ):
+    if path.is_dir() and any(path.iterdir()) and not (args.resume_from_checkpoint or args.overwrite_output_dir):
         raise ConfigError(
             f"train.output_dir={args.output_dir!r} is not empty; set train.overwrite_output_dir=true, "
             "train.resume_from_checkpoint=latest, or another output_dir"

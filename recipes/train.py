@@ -45,9 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-
+def run(args: argparse.Namespace) -> MultiTaskTrainer:
+    """The whole run; returns the trainer (its model holds the final weights)."""
     # 1. Config: typed and validated before anything is loaded or written.
     config = load_config(args.config, args.overrides)
     check_output_dir(config)
@@ -103,14 +102,21 @@ def main(argv: list[str] | None = None) -> int:
     trainer = MultiTaskTrainer(model, tasks, data, tokenizer, config, accelerator)
     history = trainer.train()
 
-    # 7. Report the final evaluation.
+    # 7. Report the evaluation of the saved weights.
     if history and accelerator.is_main_process:
-        final = history[-1]
-        print(f"\nEvaluation at step {final['step']} (best step {trainer.state.best_step}):")
-        for key, value in final.items():
+        saved_step = trainer.state.best_step if config.train.load_best_model_at_end else history[-1]["step"]
+        saved = next((e for e in history if e["step"] == saved_step), history[-1])
+        print(f"\nEvaluation of the saved model (step {saved['step']} of {trainer.state.global_step}):")
+        for key, value in saved.items():
             if key.startswith("eval/"):
                 print(f"  {key:<40} {value:.4f}")
+    if accelerator.is_main_process:
         print(f"Model saved to {output_dir}")
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(parse_args(argv))
     return 0
 
 

@@ -33,9 +33,7 @@ class TaskConfig:
     type: str = field(metadata={"help": "Task type from the registry (see `hfmtl.tasks.TASK_TYPES`)."})
     dataset: str | None = field(
         default=None,
-        metadata={
-            "help": "Hub dataset id, or a builder (json, csv, parquet); inferred from data_files if null."
-        },
+        metadata={"help": "Hub dataset id, or a builder (json, csv, parquet); inferred from data_files if null."},
     )
     subset: str | None = field(default=None, metadata={"help": "Dataset configuration, e.g. 'rte' for glue."})
     data_files: dict[str, str | list[str]] | None = field(
@@ -111,6 +109,19 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def head_spec(self) -> dict[str, Any]:
         """A JSON-serialisable description of the head (saved in the model config)."""
+
+    def adopt_head_spec(self, spec: dict[str, Any]) -> None:
+        """Take the labels of a trained head, so that data is encoded as the model was trained.
+
+        Raises:
+            ConfigError: the head was trained for another task type.
+        """
+        if spec.get("type") != self.type_name:
+            raise ConfigError(
+                f"task {self.name!r} is {self.type_name!r} in the config but the model's head is {spec.get('type')!r}"
+            )
+        if "id2label" in spec and hasattr(self.config, "label_names"):
+            self.config.label_names = [spec["id2label"][i] for i in range(len(spec["id2label"]))]
 
     # --- data ----------------------------------------------------------------------------------
 
@@ -265,6 +276,5 @@ def label_to_id(task: Task, value: Any, label2id: dict[str, int]) -> int:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < len(label2id):
         return int(value)
     raise DataError(
-        f"task {task.name!r}: label {value!r} is outside the label set (ids 0..{len(label2id) - 1}: "
-        f"{list(label2id)})"
+        f"task {task.name!r}: label {value!r} is outside the label set (ids 0..{len(label2id) - 1}: {list(label2id)})"
     )

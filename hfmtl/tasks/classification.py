@@ -41,9 +41,7 @@ class ClassificationConfig(SequenceTaskConfig):
         metadata={"help": "Class names in id order; else from dataset features or string labels."},
     )
     num_labels: int | None = field(default=None, metadata={"help": "Needed for unnamed integer labels only."})
-    multi_label: bool = field(
-        default=False, metadata={"help": "Each example has a list of labels (sigmoid + BCE)."}
-    )
+    multi_label: bool = field(default=False, metadata={"help": "Each example has a list of labels (sigmoid + BCE)."})
 
 
 @dataclass
@@ -68,9 +66,7 @@ class _SequenceTask(Task):
 
     def collate(self, features: list[dict[str, Any]], tokenizer) -> dict[str, torch.Tensor]:
         keep = (*self.model_input_names, "labels")
-        return tokenizer.pad(
-            [{k: v for k, v in f.items() if k in keep} for f in features], return_tensors="pt"
-        )
+        return tokenizer.pad([{k: v for k, v in f.items() if k in keep} for f in features], return_tensors="pt")
 
     @staticmethod
     def build_head(spec: dict[str, Any], hidden_size: int, dropout: float, pooling: str) -> nn.Module:
@@ -88,9 +84,7 @@ class ClassificationTask(_SequenceTask):
     def setup(self, splits: dict[str, Any]) -> None:
         super().setup(splits)
         c = self.config
-        self.label_names = resolve_label_names(
-            self, splits, c.label_column, c.label_names, c.num_labels, c.multi_label
-        )
+        self.label_names = resolve_label_names(self, splits, c.label_column, c.label_names, c.num_labels, c.multi_label)
         self.label2id = {name: i for i, name in enumerate(self.label_names)}
 
     def head_spec(self) -> dict[str, Any]:
@@ -98,9 +92,7 @@ class ClassificationTask(_SequenceTask):
             "type": self.type_name,
             "num_labels": len(self.label_names),
             "id2label": dict(enumerate(self.label_names)),
-            "problem_type": "multi_label_classification"
-            if self.config.multi_label
-            else "single_label_classification",
+            "problem_type": "multi_label_classification" if self.config.multi_label else "single_label_classification",
         }
 
     def preprocess(self, examples: dict[str, list], tokenizer, max_length: int) -> dict[str, list]:

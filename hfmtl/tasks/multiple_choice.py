@@ -63,9 +63,7 @@ class MultipleChoiceTask(Task):
             choices = examples[c.choices_column][i]
             label = examples[c.label_column][i]
             if not isinstance(label, int) or not 0 <= label < len(choices):
-                raise DataError(
-                    f"task {self.name!r}: label {label!r} is not an index into the {len(choices)} choices"
-                )
+                raise DataError(f"task {self.name!r}: label {label!r} is not an index into the {len(choices)} choices")
             first = f"{context} {question}".strip()
             firsts.extend([first] * len(choices))
             seconds.extend(choices)

@@ -64,13 +64,10 @@ class QuestionAnsweringTask(Task):
 
     def _tokenize(self, examples: dict[str, list], tokenizer, max_length: int):
         if tokenizer.padding_side != "right":
-            raise DataError(
-                f"task {self.name!r}: question answering needs a tokenizer that pads on the right"
-            )
+            raise DataError(f"task {self.name!r}: question answering needs a tokenizer that pads on the right")
         if self.config.doc_stride >= max_length:
             raise DataError(
-                f"task {self.name!r}: doc_stride={self.config.doc_stride} must be smaller than "
-                f"max_length={max_length}"
+                f"task {self.name!r}: doc_stride={self.config.doc_stride} must be smaller than max_length={max_length}"
             )
         questions = [q.lstrip() for q in examples[self.config.question_column]]
         return tokenizer(
@@ -125,9 +122,7 @@ class QuestionAnsweringTask(Task):
 
     def collate(self, features: list[dict[str, Any]], tokenizer) -> dict[str, torch.Tensor]:
         keep = (*self.model_input_names, "labels")
-        return tokenizer.pad(
-            [{k: v for k, v in f.items() if k in keep} for f in features], return_tensors="pt"
-        )
+        return tokenizer.pad([{k: v for k, v in f.items() if k in keep} for f in features], return_tensors="pt")
 
     @staticmethod
     def build_head(spec: dict[str, Any], hidden_size: int, dropout: float, pooling: str) -> nn.Module:
@@ -181,7 +176,5 @@ class QuestionAnsweringTask(Task):
     def compute_metrics(self, outputs, eval_features, eval_examples) -> dict[str, float]:
         decoded = self.decode(outputs, eval_features, eval_examples)
         predictions = {qid: answer["text"] for qid, answer in decoded.items()}
-        references = {
-            ex[self.config.id_column]: list(ex[self.config.answers_column]["text"]) for ex in eval_examples
-        }
+        references = {ex[self.config.id_column]: list(ex[self.config.answers_column]["text"]) for ex in eval_examples}
         return self._compute_named_metrics(predictions, references)

@@ -90,9 +90,7 @@ class TokenClassificationTask(Task):
         all_labels = []
         for row, row_tags in enumerate(tags):
             if len(row_tags) != len(words[row]):
-                raise DataError(
-                    f"task {self.name!r}: an example has {len(words[row])} words but {len(row_tags)} tags"
-                )
+                raise DataError(f"task {self.name!r}: an example has {len(words[row])} words but {len(row_tags)} tags")
             tag_ids = [label_to_id(self, t, self.label2id) for t in row_tags]
             labels, previous = [], None
             for word_id in features.word_ids(row):
@@ -118,9 +116,7 @@ class TokenClassificationTask(Task):
     def collate(self, features: list[dict[str, Any]], tokenizer) -> dict[str, torch.Tensor]:
         keep = self.model_input_names
         labels = [f["labels"] for f in features]
-        batch = tokenizer.pad(
-            [{k: v for k, v in f.items() if k in keep} for f in features], return_tensors="pt"
-        )
+        batch = tokenizer.pad([{k: v for k, v in f.items() if k in keep} for f in features], return_tensors="pt")
         width = batch["input_ids"].shape[1]
         padded = torch.full((len(labels), width), IGNORE_INDEX, dtype=torch.long)
         right = tokenizer.padding_side == "right"

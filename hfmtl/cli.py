@@ -1,0 +1,64 @@
+"""The `hfmtl` console script.
+
+    hfmtl train CONFIG [section.key=value ...] [--cpu]
+    hfmtl eval MODEL_DIR --config CONFIG [section.key=value ...] [--output FILE] [--cpu]
+
+Each command runs the recipe of the same name (``recipes/train.py``, ``recipes/evaluate.py``): the
+recipes are the one place where the steps of a run are written, top to bottom, and the console script
+is a shortcut to them. Several processes: ``accelerate launch -m hfmtl.cli train CONFIG``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+from pathlib import Path
+
+from .errors import HfmtlError
+
+_RECIPES = {"train": "train.py", "eval": "evaluate.py"}
+
+
+def _recipe_path(name: str) -> Path:
+    # recipes/ sits beside the package in a source checkout (pip install -e .)
+    path = Path(__file__).resolve().parent.parent / "recipes" / _RECIPES[name]
+    if not path.is_file():
+        raise HfmtlError(f"recipe {path} not found: `hfmtl {name}` needs hfmtl installed from a source checkout")
+    return path
+
+
+def _run_recipe(name: str, argv: list[str]) -> int:
+    recipe = runpy.run_path(str(_recipe_path(name)), run_name=f"hfmtl_recipe_{name}")
+    return int(recipe["main"](argv) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `hfmtl` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="hfmtl", description="Multi-task and transfer learning for NLP.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="Train a multi-task model from a YAML config.", add_help=False)
+    train.add_argument("config", help="YAML run config (see configs/).")
+    evaluate = sub.add_parser("eval", help="Evaluate a saved model on the tasks of a config.", add_help=False)
+    evaluate.add_argument("model", help="Saved model directory.")
+    if argv and argv[0] in ("train", "eval") and not any(a in ("-h", "--help") for a in argv[1:2]):
+        command, rest = argv[0], argv[1:]
+        try:
+            if command == "train":
+                # `hfmtl train CONFIG ...` is `recipes/train.py --config CONFIG ...`
+                if not rest or rest[0].startswith("-"):
+                    parser.error("hfmtl train: give the config file first: hfmtl train CONFIG [key=value ...]")
+                return _run_recipe("train", ["--config", rest[0], *rest[1:]])
+            return _run_recipe("eval", rest)
+        except HfmtlError as err:  # a user error: one line, no traceback
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    if argv and argv[0] in ("train", "eval"):
+        return _run_recipe(argv[0], ["--help"])
+    parser.parse_args(argv)  # prints usage / help and exits
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Shared fixtures: offline settings, paths to ../shared, a tiny random BERT encoder, task configs."""
+
+from __future__ import annotations
+
+import os
+
+# Set before transformers / datasets are imported anywhere: a Hub name must fail at once, not after
+# ~45 s of retries, and nothing here may reach the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+DATA = SHARED / "data"
+MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
+
+
+def data_files(name: str) -> dict[str, str]:
+    """train/validation files of a dataset folder in ../shared/data."""
+    return {split: str(DATA / name / f"{split}.jsonl") for split in ("train", "validation")}
+
+
+# One config per task type, each on a real slice of ../shared/data.
+TASK_CONFIGS: dict[str, dict] = {
+    "rte": {
+        "type": "classification",
+        "data_files": data_files("rte"),
+        "text_column": "sentence1",
+        "text_pair_column": "sentence2",
+        "label_names": ["entailment", "not_entailment"],
+    },
+    "stsb": {
+        "type": "regression",
+        "data_files": data_files("stsb"),
+        "text_column": "sentence1",
+        "text_pair_column": "sentence2",
+    },
+    "ner": {
+        "type": "token_classification",
+        "data_files": data_files("conll2003"),
+        "tokens_column": "tokens",
+        "tags_column": "ner_tags",
+        "label_names": ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"],
+    },
+    "copa": {
+        "type": "multiple_choice",
+        "data_files": data_files("copa"),
+        "context_column": "premise",
+        "question_column": "question",
+        "choices_column": "choices",
+    },
+    "squad": {
+        "type": "question_answering",
+        "data_files": data_files("squad"),
+        "max_length": 128,
+        "doc_stride": 48,
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> str:
+    """A 2-layer, hidden-64 random BERT saved with MiniLM's (real) tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(str(MINILM)).save_pretrained(path)
+    return str(path)
+
+
+def make_config(
+    encoder: str, output_dir: str | Path, tasks: dict[str, dict], samples: int = 64, eval_samples: int = 32, **train
+) -> dict:
+    """A run config dict on `encoder` for `tasks`, each cut to `samples` train / `eval_samples` eval."""
+    task_cfgs = {}
+    for name, cfg in tasks.items():
+        cfg = dict(cfg)
+        cfg.setdefault("max_train_samples", samples)
+        cfg.setdefault("max_eval_samples", eval_samples)
+        task_cfgs[name] = cfg
+    train_cfg = {
+        "output_dir": str(output_dir),
+        "max_steps": 10,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 16,
+        "learning_rate": 1e-3,
+        "logging_steps": 5,
+        "seed": 0,
+    }
+    train_cfg.update(train)
+    return {"model": {"name_or_path": encoder, "max_length": 64}, "tasks": task_cfgs, "train": train_cfg}
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

@@ -1,0 +1,220 @@
+"""The training recipe run for real, in-process, on the tiny encoder and real data slices: outputs,
+exact resume, atomic checkpoints, the CLI, evaluation of a saved model, and bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+import yaml
+from conftest import REPO_ROOT, TASK_CONFIGS, make_config, write_config
+from safetensors.torch import load_file
+
+import hfmtl
+from hfmtl import cli
+from hfmtl.checkpointing import latest_checkpoint, list_checkpoints
+from hfmtl.trainer import MultiTaskTrainer
+
+RECIPE = runpy.run_path(str(REPO_ROOT / "recipes" / "train.py"), run_name="recipe_train")
+TWO_TASKS = {"rte": TASK_CONFIGS["rte"], "ner": TASK_CONFIGS["ner"]}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; each in-process run starts from a clean state."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+
+
+def run_recipe(config_path: Path, *overrides: str) -> MultiTaskTrainer:
+    args = argparse.Namespace(config=str(config_path), overrides=list(overrides), cpu=True)
+    return RECIPE["run"](args)
+
+
+def test_run_writes_a_reloadable_model_and_its_records(tiny_encoder_dir, tmp_path):
+    out = tmp_path / "out"
+    cfg = write_config(
+        tmp_path / "run.yaml",
+        make_config(tiny_encoder_dir, out, TWO_TASKS, max_steps=8, eval_steps=4, save_steps=4, save_total_limit=1),
+    )
+    trainer = run_recipe(cfg)
+
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "config.yaml", "metrics.json", "train.log"):
+        assert (out / name).is_file(), name
+    assert not (out / "best").exists()  # folded into the final model
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-8"]  # save_total_limit=1
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [e["step"] for e in metrics["history"]] == [4, 8]
+    for entry in metrics["history"]:
+        assert {"eval/rte/accuracy", "eval/ner/f1", "eval/mean"} <= set(entry)
+        assert entry["eval/mean"] == pytest.approx((entry["eval/rte/accuracy"] + entry["eval/ner/f1"]) / 2)
+    best = max(metrics["history"], key=lambda e: e["eval/mean"])
+    assert metrics["best"] == {"step": best["step"], "eval/mean": best["eval/mean"]}
+
+    # the resolved config round-trips, and the saved model is the in-memory one
+    assert hfmtl.load_config(out / "config.yaml").to_dict() == hfmtl.load_config(cfg).to_dict()
+    reloaded = transformers.AutoModel.from_pretrained(out).eval()
+    assert isinstance(reloaded, hfmtl.MultiTaskModel)
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    batch = {"input_ids": torch.tensor([[101, 7592, 2088, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    for task in ("rte", "ner"):
+        assert torch.equal(model(task=task, **batch).logits, reloaded(task=task, **batch).logits)
+    # and it holds the weights of the best evaluation
+    assert f"Loaded the best model (step {best['step']}," in (out / "train.log").read_text()
+
+
+def _train_with_interrupt(monkeypatch, trainer_cls, stop_at: int) -> None:
+    original = trainer_cls._train_step
+
+    def step(self, task_name):
+        if self.state.global_step == stop_at:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, task_name)
+
+    monkeypatch.setattr(trainer_cls, "_train_step", step)
+
+
+def test_resume_continues_exactly(tiny_encoder_dir, tmp_path, monkeypatch):
+    """N steps straight == N/2 steps, a crash, and a resume for the rest: identical weights."""
+    common = {"max_steps": 10, "save_steps": 5, "eval_steps": None, "load_best_model_at_end": False}
+    straight = tmp_path / "straight"
+    run_recipe(write_config(tmp_path / "a.yaml", make_config(tiny_encoder_dir, straight, TWO_TASKS, **common)))
+
+    resumed = tmp_path / "resumed"
+    cfg = write_config(tmp_path / "b.yaml", make_config(tiny_encoder_dir, resumed, TWO_TASKS, **common))
+    with monkeypatch.context() as patch:
+        _train_with_interrupt(patch, MultiTaskTrainer, stop_at=7)  # dies after checkpoint-5, mid-run
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(cfg)
+    assert latest_checkpoint(resumed).name == "checkpoint-5"
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    run_recipe(cfg, "train.resume_from_checkpoint=latest")
+
+    a = load_file(straight / "model.safetensors")
+    b = load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    mismatched = [k for k in a if not torch.equal(a[k], b[k])]
+    assert mismatched == []
+    history_a = json.loads((straight / "metrics.json").read_text())["history"]
+    history_b = json.loads((resumed / "metrics.json").read_text())["history"]
+    assert history_a == history_b
+
+
+def test_unfinished_checkpoint_is_never_resumed(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / "checkpoint-4").mkdir(parents=True)
+    (root / "checkpoint-12.tmp").mkdir()  # a save that crashed half-way
+    (root / "checkpoint-8").mkdir()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-8"]
+    assert latest_checkpoint(tmp_path).name == "checkpoint-8"
+
+
+def test_cli_train_then_eval_reproduces_the_final_metrics(tiny_encoder_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    cfg = write_config(
+        tmp_path / "run.yaml",
+        make_config(tiny_encoder_dir, out, TWO_TASKS, max_steps=4, load_best_model_at_end=False),
+    )
+    assert cli.main(["train", str(cfg), "train.group_by_length=true"]) == 0
+    final = json.loads((out / "metrics.json").read_text())["history"][-1]
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    assert cli.main(["eval", str(out), "--config", str(cfg), "--cpu"]) == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results.keys() == {k for k in final if k.startswith("eval/")}
+    for key, value in results.items():
+        assert value == pytest.approx(final[key], abs=1e-6), key
+    assert "eval/rte/accuracy" in capsys.readouterr().out
+
+
+def _bad_input_cases(tiny_encoder_dir, out):
+    rte = dict(TASK_CONFIGS["rte"])
+    missing_file = {**rte, "data_files": {"train": "no/such/train.jsonl", "validation": "no/such/dev.jsonl"}}
+    bad_column = {**rte, "text_pair_column": "hypothesis"}
+    bad_labels = {**rte, "label_names": ["only_one"]}
+    return {
+        "missing data file": ({"rte": missing_file}, "does not exist"),
+        "missing column": ({"rte": bad_column}, "'hypothesis'"),
+        "label outside the label set": ({"rte": bad_labels}, "outside the label set"),
+        "unknown task type": ({"rte": {**rte, "type": "clasification"}}, "did you mean 'classification'"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["missing data file", "missing column", "label outside the label set", "unknown task type"]
+)
+def test_bad_input_is_one_line_and_leaves_no_output(tiny_encoder_dir, tmp_path, capsys, case):
+    out = tmp_path / "out"
+    tasks, expected = _bad_input_cases(tiny_encoder_dir, out)[case]
+    cfg = write_config(tmp_path / "run.yaml", make_config(tiny_encoder_dir, out, tasks))
+    assert cli.main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # progress bars of the tokenization may come before it
+    assert last.startswith("error: ") and expected in last, err
+    assert err.count("error: ") == 1
+    assert not out.exists()
+
+
+def test_console_script_exits_2_on_a_config_error(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"name_or_path": "x"}, "tasks": {}, "train": {"output_dir": "o"}}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "hfmtl.cli", "train", str(cfg), "train.max_step=3"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: unknown key train.max_step; did you mean 'max_steps'?"
+
+
+def test_refuses_to_overwrite_a_non_empty_output_dir(tiny_encoder_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    cfg = write_config(tmp_path / "run.yaml", make_config(tiny_encoder_dir, out, TWO_TASKS))
+    assert cli.main(["train", str(cfg)]) == 2
+    assert "overwrite_output_dir" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+
+
+def test_bf16_and_accumulation_and_tensorboard_run(tiny_encoder_dir, tmp_path):
+    """bf16 autocast on CPU runs (slowly: speed is not tested here), with accumulation and a tracker."""
+    out = tmp_path / "out"
+    cfg = write_config(
+        tmp_path / "run.yaml",
+        make_config(
+            tiny_encoder_dir,
+            out,
+            {"rte": TASK_CONFIGS["rte"]},
+            samples=32,
+            max_steps=2,
+            gradient_accumulation_steps=2,
+            mixed_precision="bf16",
+            report_to=["tensorboard"],
+        ),
+    )
+    trainer = run_recipe(cfg)
+    assert trainer.state.global_step == 2
+    assert trainer.state.positions["rte"]["batches"] == 4  # 2 steps x 2 micro-batches
+    assert trainer.scheduler.last_epoch == 2  # the schedule advanced once per optimizer step
+    assert list(out.glob("**/events.out.tfevents.*"))
