@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ def check_positive(key: str, value: float | None, allow_zero: bool = False) -> N
     """Raise a ConfigError naming `key` when `value` is set and not > 0 (or >= 0 with `allow_zero`)."""
     if value is None:
         return
-    if value < 0 or (value == 0 and not allow_zero):
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{key}={value!r} must be {bound}")
 
@@ -164,7 +165,7 @@ class TrainConfig:
             "logging_steps",
         ):
             check_positive(f"train.{name}", getattr(self, name))
-        for name in ("weight_decay", "warmup_steps", "dataloader_num_workers"):
+        for name in ("seed", "weight_decay", "warmup_steps", "dataloader_num_workers"):
             check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")

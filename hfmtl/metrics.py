@@ -28,14 +28,19 @@ def _accuracy(predictions, references, **_: Any) -> dict[str, float]:
     return {"accuracy": float(accuracy_score(references, predictions))}
 
 
-def _average(references, average: str | None) -> str:
-    """Binary F1 for two classes (GLUE's MRPC convention), macro otherwise, unless asked."""
+def _average(predictions, references, average: str | None) -> str:
+    """Binary F1 for two classes (GLUE's MRPC convention), macro otherwise, unless asked.
+
+    Tasks pass `average` from their label count; this guess (from the labels present in both arrays)
+    is for direct calls only.
+    """
     if average:
         return average
     refs = np.asarray(references)
     if refs.ndim == 2:  # multi-label indicator matrix
         return "micro"
-    return "binary" if set(np.unique(refs).tolist()) <= {0, 1} else "macro"
+    present = np.union1d(refs, np.asarray(predictions))
+    return "binary" if set(present.tolist()) <= {0, 1} else "macro"
 
 
 def _prf(kind: str) -> Callable[..., dict[str, float]]:
@@ -43,7 +48,7 @@ def _prf(kind: str) -> Callable[..., dict[str, float]]:
         from sklearn import metrics as skm
 
         fn = {"f1": skm.f1_score, "precision": skm.precision_score, "recall": skm.recall_score}[kind]
-        value = fn(references, predictions, average=_average(references, average), zero_division=0)
+        value = fn(references, predictions, average=_average(predictions, references, average), zero_division=0)
         return {kind: float(value)}
 
     return metric
@@ -110,7 +115,8 @@ def _token_f1(prediction: str, gold: str) -> float:
 
 
 def _squad(predictions: dict[str, str], references: dict[str, list[str]], **_: Any) -> dict[str, float]:
-    """Exact match and F1 in percent, as the official script reports them."""
+    """Exact match and F1 as fractions in [0, 1], like every other metric here (so that a task's main
+    metric can be averaged with the others); the official script prints the same values x 100."""
     missing = set(references) - set(predictions)
     if missing:
         raise ValueError(f"squad metric: {len(missing)} question(s) have no prediction")
@@ -120,7 +126,7 @@ def _squad(predictions: dict[str, str], references: dict[str, list[str]], **_: A
         em += max(float(normalize_answer(pred) == normalize_answer(g)) for g in golds)
         f1 += max(_token_f1(pred, g) for g in golds)
     n = max(len(references), 1)
-    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
+    return {"exact_match": em / n, "f1": f1 / n}
 
 
 METRICS: dict[str, Callable[..., dict[str, float]]] = {

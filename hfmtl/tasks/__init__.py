@@ -65,8 +65,9 @@ def task_config_from_dict(name: str, data: Any) -> TaskConfig:
     try:
         config = build_dataclass(cls.config_class, data, prefix)
     except ConfigError as err:
+        # checks inside a task config name the bare field; make the key fully dotted
         message = str(err)
-        raise ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}") from err
+        raise ConfigError(message if message.startswith(prefix) else f"{prefix}.{message}") from err
     for i, metric in enumerate(config.metrics or []):
         check_metric_name(f"{prefix}.metrics[{i}]", metric)
     return config

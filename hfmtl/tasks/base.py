@@ -59,9 +59,9 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_train_samples", "max_eval_samples", "batch_size", "max_length"):
-            check_positive(f"{name}", getattr(self, name))
+            check_positive(name, getattr(self, name))  # task_config_from_dict adds "tasks.<task>."
         if self.dataset is None and not self.data_files:
-            raise ConfigError("set `dataset` (a Hub id) or `data_files` (local files per split)")
+            raise ConfigError("dataset is not set: give `dataset` (a Hub id) or `data_files` (local files per split)")
 
 
 class Task(abc.ABC):

@@ -124,8 +124,13 @@ class ClassificationTask(_SequenceTask):
     def compute_metrics(self, outputs, eval_features, eval_examples) -> dict[str, float]:
         predictions = np.concatenate([o["predictions"] for o in outputs])
         labels = np.concatenate([o["labels"] for o in outputs])
-        # two classes: binary F1 of class 1 (GLUE's convention); more: macro; multi-label: micro
-        return self._compute_named_metrics(predictions, labels)
+        # two classes: binary F1 of class 1 (GLUE's convention); more: macro; multi-label: micro.
+        # Decided by the label set, not by the labels an eval slice happens to contain.
+        if self.config.multi_label:
+            average = "micro"
+        else:
+            average = "binary" if len(self.label_names) == 2 else "macro"
+        return self._compute_named_metrics(predictions, labels, average=average)
 
 
 @register_task("regression")
