@@ -108,6 +108,8 @@ class MultiTaskModel(PreTrainedModel):
         if encoder is None:
             encoder = AutoModel.from_config(config.encoder, **_encoder_kwargs(config.encoder))
         self.encoder = encoder
+        # DistilBERT and others take no token_type_ids, while their tokenizers may still produce them
+        self._encoder_inputs = set(inspect.signature(encoder.forward).parameters)
         dropout = config.classifier_dropout
         if dropout is None:
             dropout = getattr(config.encoder, "hidden_dropout_prob", getattr(config.encoder, "dropout", 0.1))
@@ -182,7 +184,7 @@ class MultiTaskModel(PreTrainedModel):
             raise KeyError(f"unknown task {task!r}; this model has heads for {sorted(self.heads)}")
         spec = self.config.tasks[task]
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        inputs = {k: v for k, v in inputs.items() if v is not None}
+        inputs = {k: v for k, v in inputs.items() if v is not None and k in self._encoder_inputs}
         choices_shape = None
         if input_ids is not None and input_ids.dim() == 3:
             choices_shape = input_ids.shape[:2]
