@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .tasks import Task
 
 # file suffix -> (datasets builder, extra builder kwargs)
@@ -38,6 +38,21 @@ class TaskData:
     train: datasets.Dataset | None
     eval_features: datasets.Dataset | None
     eval_examples: datasets.Dataset | None
+
+
+def load_tokenizer(model_config):
+    """The run's tokenizer (`model.tokenizer_name_or_path`, else the encoder's).
+
+    Raises:
+        ConfigError: it cannot be found locally or on the Hub.
+    """
+    from transformers import AutoTokenizer
+
+    name = model_config.tokenizer_name_or_path or model_config.name_or_path
+    try:
+        return AutoTokenizer.from_pretrained(name, revision=model_config.revision)
+    except OSError as err:  # not found locally, not on the Hub, or the Hub is unreachable
+        raise ConfigError(f"model.name_or_path={name!r}: cannot load its tokenizer: {err}") from err
 
 
 def _builder_for(task_name: str, data_files: dict[str, Any], dataset: str | None) -> tuple[str, dict]:

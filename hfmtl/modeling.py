@@ -139,8 +139,13 @@ class MultiTaskModel(PreTrainedModel):
             classifier_dropout: dropout in the heads (None: the encoder's hidden dropout).
             **encoder_kwargs: passed to `AutoModel.from_pretrained` (e.g. ``revision``).
         """
-        encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **encoder_kwargs)
-        encoder = AutoModel.from_pretrained(encoder_name_or_path, **_encoder_kwargs(encoder_config), **encoder_kwargs)
+        try:
+            encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **encoder_kwargs)
+            encoder = AutoModel.from_pretrained(
+                encoder_name_or_path, **_encoder_kwargs(encoder_config), **encoder_kwargs
+            )
+        except OSError as err:  # not found locally, not on the Hub, or the Hub is unreachable
+            raise ConfigError(f"model.name_or_path={encoder_name_or_path!r} cannot be loaded: {err}") from err
         # A config's attention kernel is set recursively on its sub-configs: pass the one the encoder
         # chose, or building MultiTaskConfig would reset the shared encoder config to None (eager).
         config = MultiTaskConfig(

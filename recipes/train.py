@@ -17,11 +17,10 @@ import sys
 from pathlib import Path
 
 from accelerate.utils import set_seed
-from transformers import AutoTokenizer
 
 from hfmtl import HfmtlError, MultiTaskModel, build_task, load_config
 from hfmtl.config import save_config
-from hfmtl.data import prepare_task_data
+from hfmtl.data import load_tokenizer, prepare_task_data
 from hfmtl.trainer import MultiTaskTrainer, build_accelerator, check_output_dir, logger, setup_logging
 
 
@@ -59,9 +58,7 @@ def run(args: argparse.Namespace) -> MultiTaskTrainer:
 
     # 3. Tasks from the registry, and their data: loaded, checked and tokenized once (cached by
     #    `datasets`; the main process tokenizes first, the others read its cache).
-    tokenizer = AutoTokenizer.from_pretrained(
-        config.model.tokenizer_name_or_path or config.model.name_or_path, revision=config.model.revision
-    )
+    tokenizer = load_tokenizer(config.model)
     tasks = {name: build_task(name, task_config) for name, task_config in config.tasks.items()}
     data = {
         name: prepare_task_data(task, tokenizer, config.model.max_length, accelerator.main_process_first)

@@ -154,11 +154,16 @@ def _bad_input_cases(tiny_encoder_dir, out):
         "missing column": ({"rte": bad_column}, "'hypothesis'"),
         "label outside the label set": ({"rte": bad_labels}, "outside the label set"),
         "unknown task type": ({"rte": {**rte, "type": "clasification"}}, "did you mean 'classification'"),
+        "hub dataset offline": (
+            {"rte": {k: v for k, v in rte.items() if k != "data_files"} | {"dataset": "nyu-mll/glue", "subset": "rte"}},
+            "Couldn't reach 'nyu-mll/glue'",
+        ),
     }
 
 
 @pytest.mark.parametrize(
-    "case", ["missing data file", "missing column", "label outside the label set", "unknown task type"]
+    "case",
+    ["missing data file", "missing column", "label outside the label set", "unknown task type", "hub dataset offline"],
 )
 def test_bad_input_is_one_line_and_leaves_no_output(tiny_encoder_dir, tmp_path, capsys, case):
     out = tmp_path / "out"
@@ -185,6 +190,15 @@ def test_console_script_exits_2_on_a_config_error(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: unknown key train.max_step; did you mean 'max_steps'?"
+
+
+def test_unknown_encoder_is_one_line(tiny_encoder_dir, tmp_path, capsys):
+    cfg_dict = make_config(tiny_encoder_dir, tmp_path / "out", {"rte": TASK_CONFIGS["rte"]})
+    cfg_dict["model"]["name_or_path"] = "no-such-org/no-such-encoder"
+    assert cli.main(["train", str(write_config(tmp_path / "run.yaml", cfg_dict))]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "model.name_or_path='no-such-org/no-such-encoder'" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_refuses_to_overwrite_a_non_empty_output_dir(tiny_encoder_dir, tmp_path, capsys):
