@@ -58,6 +58,8 @@ def load_tokenizer(model_config):
 def _builder_for(task_name: str, data_files: dict[str, Any], dataset: str | None) -> tuple[str, dict]:
     paths = [p for files in data_files.values() for p in ([files] if isinstance(files, str) else files)]
     for path in paths:
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise DataError(f"task {task_name!r}: data file {path!r} is empty")
         if not Path(path).is_file():
             raise DataError(
                 f"task {task_name!r}: data file {path!r} does not exist (paths are relative to the "
@@ -119,7 +121,9 @@ def prepare_task_data(task: Task, tokenizer, max_length: int, main_process_first
             the cache, the others then read it.
     """
     raw = load_raw_splits(task, train)
-    task.setup(raw)
+    # setup sees the user's split names, so that its errors name them
+    roles = {"train": task.config.train_split, "eval": task.config.eval_split}
+    task.setup({roles[role]: ds for role, ds in raw.items()})
     max_length = task.config.max_length or max_length
     kwargs = {"tokenizer": tokenizer, "max_length": max_length}
     with main_process_first():

@@ -70,6 +70,16 @@ class QuestionAnsweringTask(Task):
                 f"task {self.name!r}: doc_stride={self.config.doc_stride} must be smaller than max_length={max_length}"
             )
         questions = [q.lstrip() for q in examples[self.config.question_column]]
+        # Each window must have room for the question, the special tokens and more context than the
+        # stride; otherwise the fast tokenizer panics (a BaseException that no `except` would catch).
+        room = max_length - tokenizer.num_special_tokens_to_add(pair=True) - self.config.doc_stride
+        for i, ids in enumerate(tokenizer(questions, add_special_tokens=False)["input_ids"]):
+            if len(ids) >= room:
+                raise DataError(
+                    f"task {self.name!r}: question {examples[self.config.id_column][i]!r} has {len(ids)} tokens, "
+                    f"too long for windows of max_length={max_length} with doc_stride={self.config.doc_stride}; "
+                    "raise max_length or lower doc_stride"
+                )
         return tokenizer(
             questions,
             examples[self.config.context_column],
