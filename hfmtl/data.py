@@ -125,29 +125,22 @@ def prepare_task_data(task: Task, tokenizer, max_length: int, main_process_first
     roles = {"train": task.config.train_split, "eval": task.config.eval_split}
     task.setup({roles[role]: ds for role, ds in raw.items()})
     max_length = task.config.max_length or max_length
-    kwargs = {"tokenizer": tokenizer, "max_length": max_length}
+    preprocess = {"train": task.preprocess, "eval": task.preprocess_eval}
     with main_process_first():
-        train_features = None
-        if "train" in raw:
-            train_features = raw["train"].map(
-                task.preprocess,
+        features = {
+            role: ds.map(
+                preprocess[role],
                 batched=True,
-                fn_kwargs=kwargs,
-                remove_columns=raw["train"].column_names,
-                desc=f"Tokenizing {task.name} train",
+                fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
+                remove_columns=ds.column_names,
+                desc=f"Tokenizing {task.name} {roles[role]}",
             )
-        eval_features = None
-        if "eval" in raw:
-            eval_features = raw["eval"].map(
-                task.preprocess_eval,
-                batched=True,
-                fn_kwargs=kwargs,
-                remove_columns=raw["eval"].column_names,
-                desc=f"Tokenizing {task.name} eval",
-            )
+            for role, ds in raw.items()
+        }
+    train_features = features.get("train")
     if train_features is not None and len(train_features) == 0:
         raise DataError(f"task {task.name!r}: no training features after tokenization")
-    return TaskData(train=train_features, eval_features=eval_features, eval_examples=raw.get("eval"))
+    return TaskData(train=train_features, eval_features=features.get("eval"), eval_examples=raw.get("eval"))
 
 
 def feature_lengths(dataset: datasets.Dataset) -> list[int]:
