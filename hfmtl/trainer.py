@@ -161,6 +161,7 @@ class MultiTaskTrainer:
         self.optimizer = torch.optim.AdamW(
             self._param_groups(model),
             lr=args.learning_rate,
+            weight_decay=args.weight_decay,
             betas=(args.adam_beta1, args.adam_beta2),
             eps=args.adam_epsilon,
         )

@@ -223,6 +223,7 @@ def test_bf16_and_accumulation_and_tensorboard_run(tiny_encoder_dir, tmp_path):
             samples=32,
             max_steps=2,
             gradient_accumulation_steps=2,
+            weight_decay=0.05,
             mixed_precision="bf16",
             report_to=["tensorboard"],
         ),
@@ -231,4 +232,8 @@ def test_bf16_and_accumulation_and_tensorboard_run(tiny_encoder_dir, tmp_path):
     assert trainer.state.global_step == 2
     assert trainer.state.positions["rte"]["batches"] == 4  # 2 steps x 2 micro-batches
     assert trainer.scheduler.last_epoch == 2  # the schedule advanced once per optimizer step
+    # weight decay from the config on matrices, none on biases and norm weights
+    decay, no_decay = trainer.optimizer.param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert list(out.glob("**/events.out.tfevents.*"))
