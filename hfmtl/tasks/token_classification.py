@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import DataError
+from ..metrics import compute_metric
 from . import register_task
 from .base import Task, TaskConfig, TokenHead, label_to_id, resolve_label_names
 
@@ -152,15 +153,10 @@ class TokenClassificationTask(Task):
         results: dict[str, float] = {}
         for metric_name in self.metric_names:
             if metric_name == "seqeval" or metric_name.startswith("evaluate:"):
-                results.update(self._compute_one(metric_name, pred_tags, gold_tags))
+                results.update(compute_metric(metric_name, pred_tags, gold_tags))
             else:  # token-level metrics (accuracy, f1...) over the flat list of scored tokens
                 flat_pred = np.array([self.label2id[t] for row in pred_tags for t in row])
                 flat_gold = np.array([self.label2id[t] for row in gold_tags for t in row])
                 average = "macro" if metric_name in ("f1", "precision", "recall") else None
-                results.update(self._compute_one(metric_name, flat_pred, flat_gold, average=average))
+                results.update(compute_metric(metric_name, flat_pred, flat_gold, average=average))
         return results
-
-    def _compute_one(self, name: str, predictions: Any, references: Any, **kwargs: Any) -> dict[str, float]:
-        from ..metrics import compute_metric
-
-        return compute_metric(name, predictions, references, **kwargs)
