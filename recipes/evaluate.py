@@ -42,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(accelerator)
 
     # The saved model and its tokenizer; every configured task needs a head in it.
-    model = MultiTaskModel.from_pretrained(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    try:
+        model = MultiTaskModel.from_pretrained(args.model)
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    except OSError as err:  # not a saved model directory, or a Hub id that cannot be reached
+        raise ConfigError(f"model {args.model!r} cannot be loaded: {err}") from err
     missing = sorted(set(config.tasks) - set(model.config.tasks))
     if missing:
         raise ConfigError(f"the model has no head for task(s) {missing}; it has {sorted(model.config.tasks)}")

@@ -237,3 +237,10 @@ def test_bf16_and_accumulation_and_tensorboard_run(tiny_encoder_dir, tmp_path):
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert list(out.glob("**/events.out.tfevents.*"))
+
+
+def test_eval_of_a_missing_model_is_one_line(tmp_path, capsys):
+    cfg = write_config(tmp_path / "run.yaml", make_config(str(tmp_path), tmp_path / "out", TWO_TASKS))
+    assert cli.main(["eval", str(tmp_path / "no-model"), "--config", str(cfg), "--cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith(f"error: model '{tmp_path / 'no-model'}' cannot be loaded")

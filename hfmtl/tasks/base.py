@@ -133,6 +133,12 @@ class Task(abc.ABC):
         """Tokenize a batch of raw evaluation examples; the same as training unless a type differs (QA)."""
         return self.preprocess(examples, tokenizer, max_length)
 
+    def pad_features(self, features: list[dict[str, Any]], tokenizer, with_labels: bool = True):
+        """`tokenizer.pad` over the encoder inputs (and `labels` of a fixed width) of `features`; other
+        columns (QA's offsets and example ids) are dropped."""
+        keep = (*self.model_input_names, "labels") if with_labels else self.model_input_names
+        return tokenizer.pad([{k: v for k, v in f.items() if k in keep} for f in features], return_tensors="pt")
+
     @abc.abstractmethod
     def collate(self, features: list[dict[str, Any]], tokenizer) -> dict[str, torch.Tensor]:
         """Pad a list of features into a batch: the encoder inputs plus `labels`."""

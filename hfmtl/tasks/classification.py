@@ -65,8 +65,7 @@ class _SequenceTask(Task):
         return tokenizer(examples[self.config.text_column], pairs, truncation=True, max_length=max_length)
 
     def collate(self, features: list[dict[str, Any]], tokenizer) -> dict[str, torch.Tensor]:
-        keep = (*self.model_input_names, "labels")
-        return tokenizer.pad([{k: v for k, v in f.items() if k in keep} for f in features], return_tensors="pt")
+        return self.pad_features(features, tokenizer)
 
     @staticmethod
     def build_head(spec: dict[str, Any], hidden_size: int, dropout: float, pooling: str) -> nn.Module:

@@ -115,9 +115,9 @@ class TokenClassificationTask(Task):
             self.config.label_all_tokens = saved
 
     def collate(self, features: list[dict[str, Any]], tokenizer) -> dict[str, torch.Tensor]:
-        keep = self.model_input_names
         labels = [f["labels"] for f in features]
-        batch = tokenizer.pad([{k: v for k, v in f.items() if k in keep} for f in features], return_tensors="pt")
+        # labels differ in length: padded below with -100, not by the tokenizer
+        batch = self.pad_features(features, tokenizer, with_labels=False)
         width = batch["input_ids"].shape[1]
         padded = torch.full((len(labels), width), IGNORE_INDEX, dtype=torch.long)
         right = tokenizer.padding_side == "right"
