@@ -19,38 +19,20 @@ float fields accept it), and every error names the dotted key, the bad value and
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
 from .errors import ConfigError
+from .typed_config import _suggest, build_dataclass, check_choice, check_positive
 
 POOLING_CHOICES = ("cls", "mean")
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
 SCHEDULER_CHOICES = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial")
 SAMPLING_CHOICES = ("proportional", "temperature", "uniform", "round_robin", "weights")
-
-
-def check_choice(key: str, value: Any, allowed: typing.Iterable[Any]) -> None:
-    """Raise a ConfigError naming `key` when `value` is not one of `allowed`."""
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
-
-
-def check_positive(key: str, value: float | None, allow_zero: bool = False) -> None:
-    """Raise a ConfigError naming `key` when `value` is set and not > 0 (or >= 0 with `allow_zero`)."""
-    if value is None:
-        return
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{key}={value!r} must be {bound}")
 
 
 @dataclass
@@ -67,9 +49,25 @@ class ModelConfig:
         default=None, metadata={"help": "Dropout in the heads; defaults to the encoder's hidden dropout."}
     )
     max_length: int = field(default=128, metadata={"help": "Default max tokens per input; tasks may override."})
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from this checkpoint: an hfmtl model directory or any HF model (Hub id or path). "
+            "Its encoder weights replace name_or_path's; heads of tasks with the same name and shape are kept."
+        },
+    )
+    init_heads: str | list[str] = field(
+        default="auto",
+        metadata={
+            "help": "With init_from: 'auto' keeps every matching head, 'none' keeps none, a list of task "
+            "names keeps exactly those (an error if one cannot be kept)."
+        },
+    )
 
     def __post_init__(self) -> None:
         check_choice("model.pooling", self.pooling, POOLING_CHOICES)
+        if isinstance(self.init_heads, str):
+            check_choice("model.init_heads", self.init_heads, ("auto", "none"))
         check_positive("model.max_length", self.max_length)
         if self.classifier_dropout is not None and not 0 <= self.classifier_dropout < 1:
             raise ConfigError(f"model.classifier_dropout={self.classifier_dropout!r} must be in [0, 1)")
@@ -148,6 +146,23 @@ class TrainConfig:
     )
     report_to: list[str] = field(default_factory=list, metadata={"help": "Accelerate trackers, e.g. [tensorboard]."})
     dataloader_num_workers: int = 0
+    # Freezing and learning-rate schedules of the encoder (see hfmtl/freezing.py).
+    freeze_embeddings: bool = field(default=False, metadata={"help": "Do not train the embeddings."})
+    freeze_layers: int = field(default=0, metadata={"help": "Do not train the bottom K transformer layers."})
+    freeze_encoder: bool = field(
+        default=False, metadata={"help": "Train the heads only (linear probing of the encoder)."}
+    )
+    layerwise_lr_decay: float | None = field(
+        default=None,
+        metadata={"help": "Layer i of L gets learning_rate * decay^(L - i); embeddings decay^L. In (0, 1]."},
+    )
+    head_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the task heads; defaults to learning_rate."}
+    )
+    gradual_unfreezing_steps: int | None = field(
+        default=None,
+        metadata={"help": "ULMFiT: start with the heads only, unfreeze one more layer from the top every N steps."},
+    )
 
     def __post_init__(self) -> None:
         check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
@@ -163,12 +178,61 @@ class TrainConfig:
             "save_steps",
             "save_total_limit",
             "logging_steps",
+            "head_learning_rate",
+            "gradual_unfreezing_steps",
         ):
             check_positive(f"train.{name}", getattr(self, name))
-        for name in ("seed", "weight_decay", "warmup_steps", "dataloader_num_workers"):
+        for name in ("seed", "weight_decay", "warmup_steps", "dataloader_num_workers", "freeze_layers"):
             check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        if self.layerwise_lr_decay is not None and not 0 < self.layerwise_lr_decay <= 1:
+            raise ConfigError(f"train.layerwise_lr_decay={self.layerwise_lr_decay!r} must be in (0, 1]")
+        if self.freeze_encoder and (self.gradual_unfreezing_steps or self.layerwise_lr_decay):
+            raise ConfigError(
+                "train.freeze_encoder=true trains no encoder layer: drop gradual_unfreezing_steps / layerwise_lr_decay"
+            )
+
+    @property
+    def freezes_encoder_parts(self) -> bool:
+        return self.freeze_embeddings or self.freeze_layers > 0 or self.freeze_encoder
+
+
+PEFT_MODES = ("shared", "per_task")
+
+
+@dataclass
+class PeftSection:
+    """PEFT adapters on the encoder (see hfmtl/adapters.py); the heads always train in full."""
+
+    config: dict[str, Any] = field(
+        metadata={
+            "help": "Any PEFT config as a mapping, passed to peft.get_peft_config, e.g. "
+            "{peft_type: LORA, r: 8, lora_alpha: 16, target_modules: [query, value]}."
+        }
+    )
+    mode: str = field(
+        default="shared", metadata={"help": "'shared': one adapter for all tasks; 'per_task': one adapter per task."}
+    )
+
+    def __post_init__(self) -> None:
+        check_choice("peft.mode", self.mode, PEFT_MODES)
+        if "peft_type" not in self.config:
+            raise ConfigError("peft.config needs peft_type (e.g. LORA, ADALORA, IA3, PROMPT_TUNING)")
+
+
+@dataclass
+class StageConfig:
+    """One stage of a staged run: a subset of the tasks, trained from the previous stage's result."""
+
+    tasks: list[str] = field(metadata={"help": "Names of tasks (from `tasks:`) trained in this stage."})
+    train: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Overrides of `train:` for this stage (max_steps, learning_rate...)."}
+    )
+    sampling: dict[str, Any] = field(default_factory=dict, metadata={"help": "Overrides of `sampling:`."})
+    peft: dict[str, Any] | None = field(
+        default=None, metadata={"help": "This stage's `peft:` section (default: the top-level one, if any)."}
+    )
 
 
 @dataclass
@@ -179,120 +243,42 @@ class RunConfig:
     tasks: dict[str, Any]  # task_name -> a TaskConfig subclass chosen by its `type`
     train: TrainConfig
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig())
+    peft: PeftSection | None = None
+    stages: dict[str, StageConfig] | None = None  # stage name -> stage, in training order
 
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ConfigError("tasks is empty; name at least one task under `tasks:`")
+        if self.stages is not None:
+            self._check_stages()
+            return  # sampling weights and the rest are checked per stage (see hfmtl/stages.py)
         unknown = set(self.sampling.weights or {}) - set(self.tasks)
         if unknown:
             raise ConfigError(
                 f"sampling.weights names unknown task(s) {sorted(unknown)}; tasks are {sorted(self.tasks)}"
             )
+        if self.peft is not None and self.train.freezes_encoder_parts:
+            raise ConfigError("peft already freezes the encoder's weights: drop train.freeze_* (or peft)")
+
+    def _check_stages(self) -> None:
+        if not self.stages:
+            raise ConfigError("stages is empty; name at least one stage or drop `stages:`")
+        for name, stage in self.stages.items():
+            if not stage.tasks:
+                raise ConfigError(f"stages.{name}.tasks is empty; name the tasks this stage trains")
+            for task_name in stage.tasks:
+                if task_name not in self.tasks:
+                    raise ConfigError(
+                        f"stages.{name}.tasks names unknown task {task_name!r}"
+                        f"{_suggest(task_name, self.tasks)}; tasks are {sorted(self.tasks)}"
+                    )
+            for key in ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "mixed_precision"):
+                if key in stage.train:
+                    raise ConfigError(f"stages.{name}.train.{key} is set for the whole run: move it to `train:`")
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict that `config_from_dict` turns back into an equal RunConfig."""
         return dataclasses.asdict(self)
-
-
-# ----------------------------------------------------------------------------------------------
-# Building dataclasses from plain dicts, with type checks and helpful errors.
-
-
-def _suggest(name: str, candidates: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check `value` against the type hint `hint`, converting where YAML is loose (e.g. '5e-5')."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(key, value, arg)
-            except ConfigError as err:
-                errors.append(err)
-        raise errors[0]
-    if origin is Literal:
-        check_choice(key, value, args)
-        return value
-    if origin is list:
-        if isinstance(value, (str, int, float)):
-            value = [value]  # `report_to: tensorboard` means [tensorboard]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}={value!r} must be a list")
-        return [_coerce(f"{key}[{i}]", v, args[0] if args else Any) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}={value!r} must be a mapping")
-        value_hint = args[1] if args else Any
-        return {str(k): _coerce(f"{key}.{k}", v, value_hint) for k, v in value.items()}
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}={value!r} must be true or false")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{key}={value!r} must be an integer")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}={value!r} must be a number")
-    if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}={value!r} must be a string")
-    if dataclasses.is_dataclass(hint):
-        return build_dataclass(hint, value, key)
-    return value
-
-
-def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
-    """Instantiate dataclass `cls` from the mapping `data`, checking names and types.
-
-    Args:
-        cls: the dataclass to build.
-        data: its fields as a mapping (from YAML).
-        prefix: the dotted key of this section, used in error messages.
-    """
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix} must be a mapping of keys to values, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(f"unknown key {prefix}.{key}{_suggest(str(key), fields)}")
-        kwargs[key] = _coerce(f"{prefix}.{key}", value, hints[key])
-    missing = [
-        name
-        for name, f in fields.items()
-        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
-    ]
-    if missing:
-        raise ConfigError(f"{prefix}.{missing[0]} is required")
-    try:
-        return cls(**kwargs)
-    except TypeError as err:  # a dataclass-level mismatch we did not anticipate: still one line
-        raise ConfigError(f"{prefix}: {err}") from err
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
@@ -301,7 +287,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 
     if not isinstance(data, dict):
         raise ConfigError("a config must be a mapping with the sections model, tasks, train (and sampling)")
-    sections = {"model", "tasks", "train", "sampling"}
+    sections = {"model", "tasks", "train", "sampling", "peft", "stages"}
     for key in data:
         if key not in sections:
             raise ConfigError(f"unknown section {key!r}{_suggest(str(key), sections)}")
@@ -317,7 +303,17 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
         tasks=tasks,
         train=build_dataclass(TrainConfig, data["train"], "train"),
         sampling=build_dataclass(SamplingConfig, data.get("sampling"), "sampling"),
+        peft=None if data.get("peft") is None else build_dataclass(PeftSection, data["peft"], "peft"),
+        stages=_build_stages(data.get("stages")),
     )
+
+
+def _build_stages(data: Any) -> dict[str, StageConfig] | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ConfigError("stages must be a mapping: stage_name -> {tasks: [...], train: {...}}, in training order")
+    return {str(name): build_dataclass(StageConfig, spec, f"stages.{name}") for name, spec in data.items()}
 
 
 def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:

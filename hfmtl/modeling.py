@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import ModelOutput
 
+from . import adapters
 from .errors import ConfigError
 from .tasks import get_task_class
 
@@ -39,6 +43,9 @@ class MultiTaskConfig(PreTrainedConfig):
             writes it (see `Task.head_spec`).
         pooling: 'cls' or 'mean': how sequence-level heads reduce the encoder's output.
         classifier_dropout: dropout in the heads; None uses the encoder's ``hidden_dropout_prob``.
+        peft: set when the encoder carries PEFT adapters (see `hfmtl.adapters`): ``mode`` ('shared' or
+            'per_task'), ``adapters`` (their names) and ``base_model`` (where the encoder's own weights
+            come from, so that saved adapters can be re-attached).
     """
 
     model_type = "hfmtl"
@@ -48,6 +55,7 @@ class MultiTaskConfig(PreTrainedConfig):
     tasks: dict | None = None
     pooling: str = "cls"
     classifier_dropout: float | None = None
+    peft: dict | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
@@ -82,7 +90,7 @@ class MultiTaskOutput(ModelOutput):
     hidden_states: torch.Tensor | None = None
 
 
-def _encoder_kwargs(encoder_config: PreTrainedConfig) -> dict[str, Any]:
+def encoder_kwargs(encoder_config: PreTrainedConfig) -> dict[str, Any]:
     """Build the encoder without its pooler where it has one: no head here uses it, and under DDP an
     unused parameter would cost a graph walk every step (`find_unused_parameters`)."""
     model_class = MODEL_MAPPING.get(type(encoder_config), None)
@@ -106,7 +114,7 @@ class MultiTaskModel(PreTrainedModel):
     def __init__(self, config: MultiTaskConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
         if encoder is None:
-            encoder = AutoModel.from_config(config.encoder, **_encoder_kwargs(config.encoder))
+            encoder = AutoModel.from_config(config.encoder, **encoder_kwargs(config.encoder))
         self.encoder = encoder
         # DistilBERT and others take no token_type_ids, while their tokenizers may still produce them
         self._encoder_inputs = set(inspect.signature(encoder.forward).parameters)
@@ -128,7 +136,7 @@ class MultiTaskModel(PreTrainedModel):
         tasks: dict[str, dict[str, Any]],
         pooling: str = "cls",
         classifier_dropout: float | None = None,
-        **encoder_kwargs: Any,
+        **from_pretrained_kwargs: Any,
     ) -> MultiTaskModel:
         """A new multi-task model on a pretrained encoder, with freshly initialised heads.
 
@@ -137,12 +145,12 @@ class MultiTaskModel(PreTrainedModel):
             tasks: task_name -> head spec (see `Task.head_spec`).
             pooling: 'cls' or 'mean'.
             classifier_dropout: dropout in the heads (None: the encoder's hidden dropout).
-            **encoder_kwargs: passed to `AutoModel.from_pretrained` (e.g. ``revision``).
+            **from_pretrained_kwargs: passed to `AutoModel.from_pretrained` (e.g. ``revision``).
         """
         try:
-            encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **encoder_kwargs)
+            encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **from_pretrained_kwargs)
             encoder = AutoModel.from_pretrained(
-                encoder_name_or_path, **_encoder_kwargs(encoder_config), **encoder_kwargs
+                encoder_name_or_path, **encoder_kwargs(encoder_config), **from_pretrained_kwargs
             )
         except OSError as err:  # not found locally, not on the Hub, or the Hub is unreachable
             raise ConfigError(f"model.name_or_path={encoder_name_or_path!r} cannot be loaded: {err}") from err
@@ -173,7 +181,7 @@ class MultiTaskModel(PreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         choice_mask: torch.Tensor | None = None,
-        **encoder_kwargs: Any,
+        **kwargs: Any,
     ) -> MultiTaskOutput:
         """Encode the batch and apply `task`'s head.
 
@@ -184,17 +192,19 @@ class MultiTaskModel(PreTrainedModel):
                 separately and their scores returned as (batch, choices).
             labels: targets in the task type's format; when given, `loss` is computed.
             choice_mask: (batch, choices) bool, False for padded choices (their score becomes -inf).
+            **kwargs: passed to the encoder.
         """
         if task not in self.heads:
             raise KeyError(f"unknown task {task!r}; this model has heads for {sorted(self.heads)}")
-        spec = self.config.tasks[task]
+        if self.config.peft and self.config.peft["mode"] == "per_task":
+            adapters.activate_adapter(self, task)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         inputs = {k: v for k, v in inputs.items() if v is not None and k in self._encoder_inputs}
         choices_shape = None
         if input_ids is not None and input_ids.dim() == 3:
             choices_shape = input_ids.shape[:2]
             inputs = {k: v.flatten(0, 1) for k, v in inputs.items()}
-        hidden = self.encoder(**inputs, **encoder_kwargs, return_dict=True).last_hidden_state
+        hidden = self._encode(inputs, **kwargs)
         logits = self.heads[task](hidden, inputs.get("attention_mask"))
         if choices_shape is not None:
             logits = logits.view(*choices_shape)
@@ -202,8 +212,92 @@ class MultiTaskModel(PreTrainedModel):
                 logits = logits.masked_fill(~choice_mask.bool(), torch.finfo(logits.dtype).min)
         loss = None
         if labels is not None:
-            loss = get_task_class(spec["type"]).compute_loss(spec, logits, labels)
+            loss = get_task_class(self.config.tasks[task]["type"]).compute_loss(self.config.tasks[task], logits, labels)
         return MultiTaskOutput(loss=loss, logits=logits, hidden_states=hidden)
+
+    def _encode(self, inputs: dict[str, torch.Tensor], **kwargs: Any) -> torch.Tensor:
+        hidden = self.encoder(**inputs, **kwargs, return_dict=True).last_hidden_state
+        # prompt methods put virtual tokens in front; heads expect one vector per real token
+        virtual = adapters.num_virtual_tokens(self)
+        return hidden[:, virtual:] if virtual else hidden
+
+    def forward_mixed(
+        self,
+        tasks: list[str],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """One encoder pass over a batch whose rows belong to different tasks (inference).
+
+        Row i goes through task ``tasks[i]``'s adapter (per-task PEFT: PEFT's per-row ``adapter_names``)
+        and head; the logits equal running each task's rows alone. Multiple-choice rows, which need a
+        choices dimension, are not accepted.
+
+        Returns:
+            One logits tensor per row: (num_labels,) for sequence tasks, (length, num_labels) for token
+            tasks and QA.
+
+        Example:
+            >>> logits = model.forward_mixed(["rte", "ner"], **tokenizer(texts, padding=True, return_tensors="pt"))  # doctest: +SKIP
+        """
+        if len(tasks) != input_ids.shape[0]:
+            raise ValueError(f"{len(tasks)} task names for a batch of {input_ids.shape[0]} rows")
+        for task in set(tasks):
+            if task not in self.heads:
+                raise KeyError(f"unknown task {task!r}; this model has heads for {sorted(self.heads)}")
+            if self.config.tasks[task]["type"] == "multiple_choice":
+                raise ValueError(f"task {task!r} is multiple choice: run it with forward(task=...)")
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        inputs = {k: v for k, v in inputs.items() if v is not None and k in self._encoder_inputs}
+        hidden = self._encode(inputs, **adapters.mixed_adapter_names(self, tasks))
+        rows: list[torch.Tensor | None] = [None] * len(tasks)
+        for task in dict.fromkeys(tasks):
+            index = torch.tensor([i for i, t in enumerate(tasks) if t == task], device=hidden.device)
+            mask = attention_mask.index_select(0, index) if attention_mask is not None else None
+            logits = self.heads[task](hidden.index_select(0, index), mask)
+            for row, value in zip(index.tolist(), logits):
+                rows[row] = value
+        return rows
+
+    # --- saving and loading: a PEFT model is saved as adapters + heads only ---------------------------
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """`PreTrainedModel.save_pretrained`; with PEFT adapters, writes the adapters and heads only."""
+        if self.config.peft:
+            adapters.save_adapters_and_heads(self, save_directory)
+            return
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """`PreTrainedModel.from_pretrained`; a model saved with adapters gets its base encoder rebuilt
+        (from ``config.peft["base_model"]``) and its adapters and heads re-attached."""
+        hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        config = kwargs.get("config")
+        if not isinstance(config, MultiTaskConfig):
+            config = MultiTaskConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        if not config.peft:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        from .transfer import check_same_architecture, load_source
+
+        base = config.peft["base_model"]
+        encoder = load_source(base, key="peft.base_model").encoder
+        check_same_architecture(config.encoder, encoder.config, "peft.base_model", base)
+        model = cls(config, encoder=encoder)
+        adapters.load_adapters_and_heads(model, str(pretrained_model_name_or_path), **hub_kwargs)
+        model.eval()
+        return model
+
+    def load_weights(self, directory: str | os.PathLike) -> None:
+        """Load the weights `save_pretrained` wrote into `directory` into this model, in place."""
+        if self.config.peft:
+            adapters.load_weights_into(self, directory)
+        else:
+            self.load_state_dict(load_file(str(Path(directory) / "model.safetensors")))
+
+
+_HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "subfolder")
 
 
 def register_auto_classes() -> None:

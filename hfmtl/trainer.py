@@ -25,15 +25,15 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from .adapters import update_adalora_budget
 from .checkpointing import resolve_resume_path, save_checkpoint
 from .config import RunConfig
 from .data import TaskData, build_eval_loader, build_train_loader
-from .errors import ConfigError
 from .evaluation import evaluate_tasks
+from .freezing import GradualUnfreezer, build_param_groups, freeze_encoder_parts
 from .sampling import TaskSampler, steps_per_epoch
 from .tasks import Task
 
@@ -158,8 +158,23 @@ class MultiTaskTrainer:
             if d.eval_features is not None
         }
 
+        if args.freezes_encoder_parts:
+            frozen = freeze_encoder_parts(
+                model, embeddings=args.freeze_embeddings, bottom_layers=args.freeze_layers, encoder=args.freeze_encoder
+            )
+            logger.info("frozen: %.2fM encoder parameters", frozen / 1e6)
+        self.unfreezer = (
+            GradualUnfreezer(model, args.gradual_unfreezing_steps) if args.gradual_unfreezing_steps else None
+        )
+        param_groups = build_param_groups(
+            model,
+            learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay,
+            layerwise_lr_decay=args.layerwise_lr_decay,
+            head_learning_rate=args.head_learning_rate,
+        )
         self.optimizer = torch.optim.AdamW(
-            self._param_groups(model),
+            param_groups,
             lr=args.learning_rate,
             weight_decay=args.weight_decay,
             betas=(args.adam_beta1, args.adam_beta2),
@@ -182,15 +197,6 @@ class MultiTaskTrainer:
         self._loss_counts = torch.zeros(len(names), device=accelerator.device)
         self._task_index = {name: i for i, name in enumerate(names)}
         self.history: list[dict[str, Any]] = []
-
-    @staticmethod
-    def _param_groups(model) -> list[dict[str, Any]]:
-        # weight decay on matrices only: biases and norm weights (1-D) are not decayed
-        params = [p for p in model.parameters() if p.requires_grad]
-        return [
-            {"params": [p for p in params if p.ndim >= 2]},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
 
     # --- data --------------------------------------------------------------------------------------
 
@@ -273,9 +279,13 @@ class MultiTaskTrainer:
             with acc.accumulate(self.model):
                 loss = self.model(task=task_name, **batch).loss
                 acc.backward(loss)
+                if acc.sync_gradients and self.unfreezer is not None:
+                    self.unfreezer.drop_frozen_grads(self.state.global_step)
                 if acc.sync_gradients and args.max_grad_norm:
                     acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
                 self.optimizer.step()
+                if acc.sync_gradients:  # AdaLoRA re-allocates its ranks from this step's gradients
+                    update_adalora_budget(acc.unwrap_model(self.model), self.state.global_step)
                 if acc.sync_gradients and not acc.optimizer_step_was_skipped:
                     self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -355,8 +365,8 @@ class MultiTaskTrainer:
         """Put the final weights (the best evaluation's, if asked) in the model and in output_dir."""
         acc = self.accelerator
         best = self.output_dir / "best"
-        if self.args.load_best_model_at_end and (best / "model.safetensors").is_file():
-            acc.unwrap_model(self.model).load_state_dict(load_file(str(best / "model.safetensors")))
+        if self.args.load_best_model_at_end and (best / "config.json").is_file():
+            acc.unwrap_model(self.model).load_weights(best)
             logger.info(
                 "Loaded the best model (step %s, eval/mean %.4f)",
                 self.state.best_step,
@@ -366,7 +376,10 @@ class MultiTaskTrainer:
         if acc.is_main_process:
             shutil.rmtree(best, ignore_errors=True)
         self._write_metrics()
-        acc.end_training()
+        # trackers end with the stage; the process group stays up for the next stage (the recipe calls
+        # `end_training` once, at the very end)
+        for tracker in acc.trackers:
+            tracker.finish()
 
     def save_model(self, directory: str | Path) -> None:
         """`save_pretrained` of the model and the tokenizer into `directory` (main process writes)."""
@@ -390,38 +403,3 @@ def _flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         elif isinstance(value, list):
             flat[name] = ",".join(map(str, value))
     return flat
-
-
-def check_output_dir(config: RunConfig) -> None:
-    """Refuse to write into a non-empty output_dir unless resuming or told to overwrite."""
-    args = config.train
-    path = Path(args.output_dir)
-    if path.is_file():
-        raise ConfigError(f"train.output_dir={args.output_dir!r} is a file")
-    if path.is_dir() and any(path.iterdir()) and not (args.resume_from_checkpoint or args.overwrite_output_dir):
-        raise ConfigError(
-            f"train.output_dir={args.output_dir!r} is not empty; set train.overwrite_output_dir=true, "
-            "train.resume_from_checkpoint=latest, or another output_dir"
-        )
-
-
-def setup_logging(accelerator: Accelerator, log_file: str | Path | None = None) -> None:
-    """INFO logs on the main process (to stderr and, if given, `log_file`); warnings only elsewhere."""
-    import datasets
-    import transformers
-
-    level = logging.INFO if accelerator.is_main_process else logging.WARNING
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-    logger.setLevel(level)
-    if not logger.handlers:
-        stream = logging.StreamHandler()
-        stream.setFormatter(fmt)
-        logger.addHandler(stream)
-    if log_file is not None and accelerator.is_main_process:
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(fmt)
-        logger.addHandler(handler)
-    logger.propagate = False
-    # the libraries' own progress bars stay; their INFO chatter goes
-    transformers.utils.logging.set_verbosity_error()
-    datasets.utils.logging.set_verbosity_warning()

@@ -22,7 +22,8 @@ from hfmtl import HfmtlError, MultiTaskModel, build_task, load_config
 from hfmtl.data import build_eval_loader, prepare_task_data
 from hfmtl.errors import ConfigError
 from hfmtl.evaluation import evaluate_tasks
-from hfmtl.trainer import build_accelerator, setup_logging
+from hfmtl.run_setup import setup_logging
+from hfmtl.trainer import build_accelerator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

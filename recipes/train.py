@@ -4,9 +4,11 @@
     accelerate launch recipes/train.py --config configs/glue.yaml [section.key=value ...]
     python recipes/train.py --config configs/tiny.yaml train.max_steps=20
 
-Reads top to bottom: config -> Accelerator -> tasks -> data -> model -> trainer -> saved model.
-The output directory gets the model (`save_pretrained` + tokenizer), `config.yaml` (the resolved run
-config), `metrics.json` (every evaluation of every task), `train.log` and `checkpoints/`.
+Reads top to bottom: config -> Accelerator -> tasks -> data -> model (+ init_from, + PEFT) -> trainer
+-> saved model. The output directory gets the model (`save_pretrained` + tokenizer), `config.yaml` (the
+resolved run config), `metrics.json` (every evaluation of every task), `train.log` and `checkpoints/`.
+A config with `stages:` runs this once per stage, each stage in `<output_dir>/<stage>/` and starting
+from the stage before it (see hfmtl/stages.py).
 Reload with ``import hfmtl; transformers.AutoModel.from_pretrained(output_dir)``.
 """
 
@@ -19,9 +21,13 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from hfmtl import HfmtlError, MultiTaskModel, build_task, load_config
-from hfmtl.config import save_config
+from hfmtl.adapters import add_adapters, count_parameters
+from hfmtl.config import RunConfig, save_config
 from hfmtl.data import load_tokenizer, prepare_task_data
-from hfmtl.trainer import MultiTaskTrainer, build_accelerator, check_output_dir, logger, setup_logging
+from hfmtl.run_setup import check_output_dir, logger, setup_logging
+from hfmtl.stages import plan_stages, write_stages_summary
+from hfmtl.trainer import MultiTaskTrainer, build_accelerator
+from hfmtl.transfer import initialize_from
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,15 +51,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> MultiTaskTrainer:
-    """The whole run; returns the trainer (its model holds the final weights)."""
-    # 1. Config: typed and validated before anything is loaded or written.
+    """The whole run, stage by stage; returns the last stage's trainer (its model holds the final weights)."""
+    # 1. Config: typed and validated (every stage of it) before anything is loaded or written.
     config = load_config(args.config, args.overrides)
     check_output_dir(config)
-    output_dir = Path(config.train.output_dir)
+    stages = plan_stages(config)
 
-    # 2. Accelerate owns devices, processes and precision.
-    accelerator = build_accelerator(config, cpu=args.cpu)
-    setup_logging(accelerator)
+    trainer = accelerator = None
+    for stage in stages:
+        if stage.skip:
+            print(f"Stage {stage.name!r} finished in an earlier run: skipped ({stage.output_dir})")
+            continue
+        # 2. Accelerate owns devices, processes and precision (one Accelerator per stage: its own
+        #    trackers, checkpoints and DDP settings; the process group lives on until the end).
+        accelerator = build_accelerator(stage.config, cpu=args.cpu)
+        setup_logging(accelerator)
+        if stage.name is not None:
+            logger.info("=== stage %r: tasks %s ===", stage.name, list(stage.config.tasks))
+        trainer = train_stage(stage.config, accelerator)
+    if config.stages is not None and (accelerator is None or accelerator.is_main_process):
+        write_stages_summary(config, stages)
+        print(f"Stages finished; the final model is in {stages[-1].output_dir}")
+    if accelerator is not None:
+        accelerator.end_training()
+    return trainer
+
+
+def train_stage(config: RunConfig, accelerator) -> MultiTaskTrainer:
+    """One training: the tasks of `config` from its encoder (or `model.init_from`) to a saved model."""
+    output_dir = Path(config.train.output_dir)
     set_seed(config.train.seed)
 
     # 3. Tasks from the registry, and their data: loaded, checked and tokenized once (cached by
@@ -74,7 +100,8 @@ def run(args: argparse.Namespace) -> MultiTaskTrainer:
             n_eval,
         )
 
-    # 4. The model: the pretrained encoder plus one fresh head per task, described by the tasks.
+    # 4. The model: the pretrained encoder plus one fresh head per task, described by the tasks;
+    #    then the weights of a checkpoint to start from, then PEFT adapters on the encoder.
     model = MultiTaskModel.from_encoder(
         config.model.name_or_path,
         {name: task.head_spec() for name, task in tasks.items()},
@@ -82,10 +109,24 @@ def run(args: argparse.Namespace) -> MultiTaskTrainer:
         classifier_dropout=config.model.classifier_dropout,
         revision=config.model.revision,
     )
+    if config.model.init_from:
+        initialize_from(model, config.model.init_from, config.model.init_heads)
+    if config.peft is not None:
+        add_adapters(
+            model,
+            config.peft.config,
+            config.peft.mode,
+            base_model=config.model.init_from or config.model.name_or_path,
+            total_steps=config.train.max_steps or 0,
+        )
+    trainable, total = count_parameters(model)
     logger.info(
-        "model: %s encoder, %.1fM parameters",
+        "model: %s encoder%s, %.2fM trainable of %.2fM parameters (%.2f%%)",
         model.config.encoder.model_type,
-        sum(p.numel() for p in model.parameters()) / 1e6,
+        f" + {config.peft.config['peft_type']} ({config.peft.mode})" if config.peft else "",
+        trainable / 1e6,
+        total / 1e6,
+        100 * trainable / total,
     )
 
     # 5. Everything checked: now the output directory is written.

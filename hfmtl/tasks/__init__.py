@@ -14,9 +14,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..config import _suggest, build_dataclass
 from ..errors import ConfigError
 from ..metrics import check_metric_name
+from ..typed_config import _suggest, build_dataclass
 from .base import Task, TaskConfig
 
 TASK_TYPES: dict[str, type[Task]] = {}

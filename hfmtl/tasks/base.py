@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import check_positive
 from ..errors import ConfigError, DataError
 from ..metrics import compute_metric
+from ..typed_config import check_positive
 
 
 @dataclass

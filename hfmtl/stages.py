@@ -1,0 +1,145 @@
+"""Staged transfer: one config, several trainings in a row, each from the previous one's result.
+
+A config with ``stages:`` is split here into one ordinary `RunConfig` per stage::
+
+    stages:
+      intermediate: {tasks: [mrpc, stsb, sst2], train: {max_steps: 800}}
+      target:       {tasks: [rte], train: {max_steps: 400, learning_rate: 3.0e-5}}
+
+Stage k trains only its tasks, with `train:` / `sampling:` overridden by its own keys, writes into
+``<output_dir>/<stage name>/`` (model, metrics.json, checkpoints), and starts from stage k-1's saved
+model (`model.init_from`): the encoder and the heads of tasks trained before. The first stage starts
+from `model.init_from` of the config, if any. Every stage's config is built and validated before the
+first one trains, so a typo in the last stage costs nothing.
+
+Example:
+    >>> for stage in plan_stages(load_config("configs/rte_transfer.yaml")):  # doctest: +SKIP
+    ...     print(stage.name, list(stage.config.tasks), stage.config.train.output_dir)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, config_from_dict
+from .errors import ConfigError
+
+
+@dataclass
+class Stage:
+    """One training of a (possibly staged) run.
+
+    Attributes:
+        name: the stage's name; None for a config without ``stages:``.
+        config: a complete run config for this stage alone (its output_dir is the stage's directory).
+        skip: the stage finished in an earlier run that is being resumed.
+    """
+
+    name: str | None
+    config: RunConfig
+    skip: bool = False
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.train.output_dir)
+
+
+def plan_stages(config: RunConfig) -> list[Stage]:
+    """The stages to train, in order, each with its own validated config (one stage if none are given).
+
+    Resuming (`train.resume_from_checkpoint`) is resolved here too: finished stages are marked to be
+    skipped, the stage that was interrupted resumes, and the ones after it start fresh.
+    """
+    if config.stages is None:
+        return [Stage(None, config)]
+    base = config.to_dict()
+    del base["stages"]
+    root = Path(config.train.output_dir)
+    stages: list[Stage] = []
+    init_from = config.model.init_from
+    for index, (name, stage) in enumerate(config.stages.items()):
+        data = copy.deepcopy(base)
+        data["tasks"] = {task_name: data["tasks"][task_name] for task_name in stage.tasks}
+        data["train"].update(copy.deepcopy(stage.train))
+        data["train"]["output_dir"] = str(root / name)
+        data["train"]["overwrite_output_dir"] = True  # the run's output_dir was checked as a whole
+        data["train"]["resume_from_checkpoint"] = None  # set below, per stage
+        if stage.sampling:
+            data["sampling"].update(copy.deepcopy(stage.sampling))
+        elif data["sampling"].get("weights"):
+            # the run's weights name tasks of every stage; each stage uses those of its own tasks
+            data["sampling"]["weights"] = {k: v for k, v in data["sampling"]["weights"].items() if k in stage.tasks}
+        if stage.peft is not None:
+            data["peft"] = copy.deepcopy(stage.peft)
+        data["model"]["init_from"] = init_from
+        if index > 0:
+            data["model"]["init_heads"] = "auto"  # a list in `model:` names heads for the first stage
+        try:
+            stage_config = config_from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"stages.{name}: {err}") from err
+        stages.append(Stage(name, stage_config))
+        init_from = str(root / name)
+    _plan_resume(stages, config.train.resume_from_checkpoint)
+    return stages
+
+
+def stage_is_complete(output_dir: str | Path) -> bool:
+    """True when a training finished in `output_dir`: its final model is saved.
+
+    The trainer writes ``metrics.json`` with a ``train`` entry only after the final model is saved.
+    """
+    path = Path(output_dir) / "metrics.json"
+    if not path.is_file():
+        return False
+    return "train" in json.loads(path.read_text())
+
+
+def _plan_resume(stages: list[Stage], resume: str | None) -> None:
+    """Set each stage's resume_from_checkpoint and mark finished stages (``stage.skip``)."""
+    if resume is None:
+        return
+    if resume == "latest":
+        for stage in stages:
+            if stage_is_complete(stage.output_dir):
+                stage.skip = True
+                continue
+            stage.config.train.resume_from_checkpoint = "latest"
+            return
+        return
+    path = Path(resume).resolve()
+    for index, stage in enumerate(stages):
+        if stage.output_dir.resolve() in path.parents:
+            unfinished = [s.name for s in stages[:index] if not stage_is_complete(s.output_dir)]
+            if unfinished:
+                raise ConfigError(
+                    f"train.resume_from_checkpoint={resume!r} is in stage {stage.name!r}, but earlier stage(s) "
+                    f"{unfinished} did not finish; use resume_from_checkpoint=latest"
+                )
+            for earlier in stages[:index]:
+                earlier.skip = True
+            stage.config.train.resume_from_checkpoint = resume
+            return
+    raise ConfigError(
+        f"train.resume_from_checkpoint={resume!r} is not inside any stage's directory "
+        f"({', '.join(str(s.output_dir) for s in stages)}); use resume_from_checkpoint=latest"
+    )
+
+
+def write_stages_summary(config: RunConfig, stages: list[Stage]) -> dict[str, Any]:
+    """``<output_dir>/metrics.json`` of a staged run: every finished stage's metrics, by stage name."""
+    summary: dict[str, Any] = {"stages": {}}
+    for stage in stages:
+        path = stage.output_dir / "metrics.json"
+        if path.is_file():
+            summary["stages"][stage.name] = json.loads(path.read_text())
+    summary["final_model"] = str(stages[-1].output_dir)
+    out = Path(config.train.output_dir) / "metrics.json"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(out)
+    return summary
