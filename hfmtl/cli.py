@@ -2,10 +2,12 @@
 
     hfmtl train CONFIG [section.key=value ...] [--cpu]
     hfmtl eval MODEL_DIR --config CONFIG [section.key=value ...] [--output FILE] [--cpu]
+    hfmtl export MODEL_DIR --task TASK --out DIR [--overwrite]
 
-Each command runs the recipe of the same name (``recipes/train.py``, ``recipes/evaluate.py``): the
+`train` and `eval` run the recipe of the same name (``recipes/train.py``, ``recipes/evaluate.py``): the
 recipes are the one place where the steps of a run are written, top to bottom, and the console script
-is a shortcut to them. Several processes: ``accelerate launch -m hfmtl.cli train CONFIG``.
+is a shortcut to them. Several processes: ``accelerate launch -m hfmtl.cli train CONFIG``. `export`
+writes one task as a standard transformers model (see `hfmtl.export`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 from .errors import HfmtlError
+from .export import export as export_task_dir
 
 _RECIPES = {"train": "train.py", "eval": "evaluate.py"}
 
@@ -42,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("config", help="YAML run config (see configs/).")
     evaluate = sub.add_parser("eval", help="Evaluate a saved model on the tasks of a config.", add_help=False)
     evaluate.add_argument("model", help="Saved model directory.")
+    export = sub.add_parser("export", help="Export one task to a standard transformers model (for pipeline()).")
+    export.add_argument("model", help="Saved hfmtl model directory (with its tokenizer).")
+    export.add_argument("--task", required=True, help="Name of the task to export.")
+    export.add_argument("--out", required=True, help="Directory to write the standard model and tokenizer to.")
+    export.add_argument("--overwrite", action="store_true", help="Replace --out if it is not empty.")
     if argv and argv[0] in ("train", "eval") and not any(a in ("-h", "--help") for a in argv[1:2]):
         command, rest = argv[0], argv[1:]
         try:
@@ -56,7 +64,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if argv and argv[0] in ("train", "eval"):
         return _run_recipe(argv[0], ["--help"])
-    parser.parse_args(argv)  # prints usage / help and exits
+    args = parser.parse_args(argv)  # prints usage / help and exits on a bad command line
+    if args.command == "export":
+        return _export(args)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        out = export_task_dir(args.model, args.task, args.out, overwrite=args.overwrite)
+    except HfmtlError as err:  # a user error: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported task {args.task!r} of {args.model} to {out}")
     return 0
 
 

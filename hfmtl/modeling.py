@@ -117,7 +117,7 @@ class MultiTaskModel(PreTrainedModel):
             encoder = AutoModel.from_config(config.encoder, **encoder_kwargs(config.encoder))
         self.encoder = encoder
         # DistilBERT and others take no token_type_ids, while their tokenizers may still produce them
-        self._encoder_inputs = set(inspect.signature(encoder.forward).parameters)
+        self.encoder_input_names: set[str] = set(inspect.signature(encoder.forward).parameters)
         dropout = config.classifier_dropout
         if dropout is None:
             dropout = getattr(config.encoder, "hidden_dropout_prob", getattr(config.encoder, "dropout", 0.1))
@@ -199,7 +199,7 @@ class MultiTaskModel(PreTrainedModel):
         if self.config.peft and self.config.peft["mode"] == "per_task":
             adapters.activate_adapter(self, task)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        inputs = {k: v for k, v in inputs.items() if v is not None and k in self._encoder_inputs}
+        inputs = {k: v for k, v in inputs.items() if v is not None and k in self.encoder_input_names}
         choices_shape = None
         if input_ids is not None and input_ids.dim() == 3:
             choices_shape = input_ids.shape[:2]
@@ -249,7 +249,7 @@ class MultiTaskModel(PreTrainedModel):
             if self.config.tasks[task]["type"] == "multiple_choice":
                 raise ValueError(f"task {task!r} is multiple choice: run it with forward(task=...)")
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        inputs = {k: v for k, v in inputs.items() if v is not None and k in self._encoder_inputs}
+        inputs = {k: v for k, v in inputs.items() if v is not None and k in self.encoder_input_names}
         hidden = self._encode(inputs, **adapters.mixed_adapter_names(self, tasks))
         rows: list[torch.Tensor | None] = [None] * len(tasks)
         for task in dict.fromkeys(tasks):

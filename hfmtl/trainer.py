@@ -28,7 +28,7 @@ from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulation
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .adapters import update_adalora_budget
+from .adapters import count_parameters, update_adalora_budget
 from .checkpointing import resolve_resume_path, save_checkpoint
 from .config import RunConfig
 from .data import TaskData, build_eval_loader, build_train_loader
@@ -163,6 +163,15 @@ class MultiTaskTrainer:
                 model, embeddings=args.freeze_embeddings, bottom_layers=args.freeze_layers, encoder=args.freeze_encoder
             )
             logger.info("frozen: %.2fM encoder parameters", frozen / 1e6)
+        trainable, total = count_parameters(model)
+        logger.info(
+            "model: %s encoder%s, %.2fM trainable of %.2fM parameters (%.2f%%)",
+            model.config.encoder.model_type,
+            f" + {config.peft.config['peft_type']} adapters ({config.peft.mode})" if config.peft else "",
+            trainable / 1e6,
+            total / 1e6,
+            100 * trainable / total,
+        )
         self.unfreezer = (
             GradualUnfreezer(model, args.gradual_unfreezing_steps) if args.gradual_unfreezing_steps else None
         )
@@ -197,6 +206,7 @@ class MultiTaskTrainer:
         self._loss_counts = torch.zeros(len(names), device=accelerator.device)
         self._task_index = {name: i for i, name in enumerate(names)}
         self.history: list[dict[str, Any]] = []
+        self._eval_seconds = 0.0
 
     # --- data --------------------------------------------------------------------------------------
 
@@ -314,7 +324,9 @@ class MultiTaskTrainer:
         return evaluate_tasks(self.model, self.tasks, self.data, self.eval_loaders, self.accelerator)
 
     def _evaluate_and_track(self, step: int) -> dict[str, float]:
+        started = time.time()
         results = self.evaluate()
+        self._eval_seconds += time.time() - started
         self.accelerator.log(results, step=step)
         logger.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in results.items()})
         entry = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), **results}
@@ -352,6 +364,8 @@ class MultiTaskTrainer:
             data["train"] = {
                 "steps": self.state.global_step,
                 "runtime_seconds": round(self._train_runtime, 1),
+                "evaluation_seconds": round(self._eval_seconds, 1),
+                "peak_memory_mb": round(_peak_memory_mb(self.accelerator.device)),
             }
         _write_json_atomic(self.output_dir / "metrics.json", data)
 
@@ -389,6 +403,16 @@ class MultiTaskTrainer:
             acc.unwrap_model(self.model).save_pretrained(directory, state_dict=state_dict)
             self.tokenizer.save_pretrained(directory)
         acc.wait_for_everyone()
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: allocated GPU memory on CUDA, else the peak resident set size
+    (which includes everything the process held, the datasets too)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

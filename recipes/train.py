@@ -21,7 +21,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from hfmtl import HfmtlError, MultiTaskModel, build_task, load_config
-from hfmtl.adapters import add_adapters, count_parameters
+from hfmtl.adapters import add_adapters
 from hfmtl.config import RunConfig, save_config
 from hfmtl.data import load_tokenizer, prepare_task_data
 from hfmtl.run_setup import check_output_dir, logger, setup_logging
@@ -119,15 +119,6 @@ def train_stage(config: RunConfig, accelerator) -> MultiTaskTrainer:
             base_model=config.model.init_from or config.model.name_or_path,
             total_steps=config.train.max_steps or 0,
         )
-    trainable, total = count_parameters(model)
-    logger.info(
-        "model: %s encoder%s, %.2fM trainable of %.2fM parameters (%.2f%%)",
-        model.config.encoder.model_type,
-        f" + {config.peft.config['peft_type']} ({config.peft.mode})" if config.peft else "",
-        trainable / 1e6,
-        total / 1e6,
-        100 * trainable / total,
-    )
 
     # 5. Everything checked: now the output directory is written.
     if accelerator.is_main_process:
