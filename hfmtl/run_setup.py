@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from logging.handlers import MemoryHandler
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -34,14 +35,28 @@ def setup_logging(accelerator: Accelerator, log_file: str | Path | None = None) 
     level = logging.INFO if accelerator.is_main_process else logging.WARNING
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     logger.setLevel(level)
-    if not logger.handlers:
+    if not any(type(h) is logging.StreamHandler for h in logger.handlers):
         stream = logging.StreamHandler()
         stream.setFormatter(fmt)
         logger.addHandler(stream)
-    if log_file is not None and accelerator.is_main_process:
+    # One log file at a time (a staged run has one per stage). A run logs before its output directory
+    # may be written (everything is validated first): those records wait in memory and go to the file
+    # once it exists, so train.log holds the whole run.
+    for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        logger.removeHandler(handler)
+        handler.close()
+    buffer = next((h for h in logger.handlers if isinstance(h, MemoryHandler)), None)
+    if accelerator.is_main_process and log_file is None and buffer is None:
+        logger.addHandler(MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1))
+    if accelerator.is_main_process and log_file is not None:
         handler = logging.FileHandler(log_file)
         handler.setFormatter(fmt)
         logger.addHandler(handler)
+        if buffer is not None:
+            buffer.setTarget(handler)
+            buffer.flush()
+            logger.removeHandler(buffer)
+            buffer.close()
     logger.propagate = False
     # the libraries' own progress bars stay; their INFO chatter goes
     transformers.utils.logging.set_verbosity_error()

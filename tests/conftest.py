@@ -112,3 +112,22 @@ def make_config(
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; each in-process run starts from a clean state."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+
+
+def run_recipe(config_path: Path, *overrides: str):
+    """recipes/train.py's `run` in this process, on the CPU; returns the (last stage's) trainer."""
+    import argparse
+    import runpy
+
+    recipe = runpy.run_path(str(REPO_ROOT / "recipes" / "train.py"), run_name="recipe_train")
+    return recipe["run"](argparse.Namespace(config=str(config_path), overrides=list(overrides), cpu=True))
