@@ -4,10 +4,14 @@ Importing hfmtl registers `MultiTaskConfig` / `MultiTaskModel` with `AutoConfig`
 ``transformers.AutoModel.from_pretrained(saved_dir)`` rebuilds a saved multi-task model.
 """
 
+from .adapters import add_adapters, merged_encoder
 from .config import RunConfig, load_config
 from .errors import ConfigError, DataError, HfmtlError
+from .export import export_task
 from .modeling import MultiTaskConfig, MultiTaskModel, MultiTaskOutput, register_auto_classes
+from .stages import plan_stages
 from .tasks import TASK_TYPES, Task, TaskConfig, build_task, register_task
+from .transfer import initialize_from
 
 register_auto_classes()
 
@@ -24,7 +28,12 @@ __all__ = [
     "RunConfig",
     "Task",
     "TaskConfig",
+    "add_adapters",
     "build_task",
+    "export_task",
+    "initialize_from",
     "load_config",
+    "merged_encoder",
+    "plan_stages",
     "register_task",
 ]

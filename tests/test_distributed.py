@@ -67,7 +67,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_cpu_run_stays_in_lockstep(tiny_encoder_dir, tmp_path):
+VARIANTS = {
+    "full": [],
+    # per-task LoRA: every rank must switch adapters in step, and DDP must sync adapters that were
+    # inactive on some steps (they stay registered as trainable)
+    "lora_per_task": [
+        "peft.mode=per_task",
+        "peft.config.peft_type=LORA",
+        "peft.config.r=4",
+        "peft.config.target_modules=[query,value]",
+        "train.layerwise_lr_decay=0.8",
+    ],
+    # gradual unfreezing drops the gradients of frozen groups after the all-reduce, on every rank alike
+    "gradual_unfreezing": ["train.gradual_unfreezing_steps=2", "train.freeze_embeddings=true"],
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_two_process_cpu_run_stays_in_lockstep(variant, tiny_encoder_dir, tmp_path):
     out = tmp_path / "out"
     tasks = {"rte": TASK_CONFIGS["rte"], "ner": TASK_CONFIGS["ner"], "stsb": TASK_CONFIGS["stsb"]}
     cfg = write_config(
@@ -96,6 +113,7 @@ def test_two_process_cpu_run_stays_in_lockstep(tiny_encoder_dir, tmp_path):
         "--cpu",
         "--config",
         str(cfg),
+        *VARIANTS[variant],
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO_ROOT)
@@ -113,3 +131,8 @@ def test_two_process_cpu_run_stays_in_lockstep(tiny_encoder_dir, tmp_path):
     # evaluation gathered every eval example once from both ranks: accuracy is a multiple of 1/32
     accuracy = metrics["history"][-1]["eval/rte/accuracy"]
     assert abs(accuracy * 32 - round(accuracy * 32)) < 1e-9
+    saved = json.loads((out / "config.json").read_text())
+    if variant == "lora_per_task":  # the adapters were really there, and saved without the base weights
+        assert saved["peft"]["adapters"] == ["rte", "ner", "stsb"] and not (out / "model.safetensors").exists()
+    if variant == "gradual_unfreezing":
+        assert "frozen:" in (out / "train.log").read_text()
