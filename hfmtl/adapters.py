@@ -42,6 +42,12 @@ SHARED_ADAPTER = "default"
 def build_peft_config(config: dict[str, Any], mode: str) -> peft.PeftConfig:
     """A PEFT config from its mapping, checked for use on an encoder in `mode`."""
     config = dict(config)
+    known = [t.value for t in peft.PeftType]
+    if str(config.get("peft_type", "")).upper() not in known:
+        raise ConfigError(
+            f"peft.config.peft_type={config.get('peft_type')!r} is not a PEFT method; choose one of {known}"
+        )
+    config["peft_type"] = str(config["peft_type"]).upper()
     try:
         peft_config = peft.get_peft_config(config)
     except (KeyError, TypeError, ValueError) as err:
@@ -49,12 +55,16 @@ def build_peft_config(config: dict[str, Any], mode: str) -> peft.PeftConfig:
     if peft_config.is_prompt_learning:
         if mode != "shared":
             raise ConfigError(
-                f"peft.mode={mode!r}: prompt methods ({peft_config.peft_type}) run in mode 'shared'; "
+                f"peft.mode={mode!r}: prompt methods ({_method(peft_config)}) run in mode 'shared'; "
                 "per-task adapters need a tuner method such as LORA or IA3"
             )
         # the encoder-only PEFT class, which prepends the virtual tokens (the base class would ignore them)
         peft_config.task_type = peft.TaskType.FEATURE_EXTRACTION
     return peft_config
+
+
+def _method(peft_config: peft.PeftConfig) -> str:
+    return str(getattr(peft_config.peft_type, "value", peft_config.peft_type))
 
 
 def add_adapters(model: nn.Module, config: dict[str, Any], mode: str, base_model: str, total_steps: int = 0) -> None:
@@ -75,7 +85,6 @@ def add_adapters(model: nn.Module, config: dict[str, Any], mode: str, base_model
         config["total_step"] = total_steps
     peft_config = build_peft_config(config, mode)
     names = [SHARED_ADAPTER] if mode == "shared" else list(model.config.tasks)
-    base_params = {id(p) for p in model.encoder.parameters()}
     try:
         encoder = peft.get_peft_model(model.encoder, peft_config, adapter_name=names[0])
         for name in names[1:]:
@@ -84,10 +93,11 @@ def add_adapters(model: nn.Module, config: dict[str, Any], mode: str, base_model
         raise ConfigError(
             f"peft.config cannot be applied to this {model.config.encoder.model_type} encoder: {err}"
         ) from err
-    # PEFT leaves only the active adapter trainable; here every adapter trains, on its own task's steps
-    for param in encoder.parameters():
-        if id(param) not in base_params:
-            param.requires_grad_(True)
+    if len(names) > 1:
+        # PEFT leaves only the active adapter trainable; here every adapter trains, on its own task's steps.
+        # PEFT's own switch, not "every parameter the base encoder lacks": that would also unfreeze
+        # weights PEFT keeps fixed (AdaLoRA's ranknum), which then drift and are not saved.
+        encoder.set_requires_grad(names, requires_grad=True)
     model.encoder = encoder
     model.config.peft = {"mode": mode, "base_model": base_model, "adapters": names}
 
@@ -109,19 +119,17 @@ def num_virtual_tokens(model: nn.Module) -> int:
 def activate_adapter(model: nn.Module, task_name: str) -> None:
     """Route the next forward pass through `task_name`'s adapter (per-task mode)."""
     encoder = model.encoder
-    if encoder.active_adapter == task_name:
-        return
-    encoder.set_adapter(task_name)
-    if model.training:
+    if encoder.active_adapter != task_name:
+        encoder.set_adapter(task_name)
+        model._hfmtl_adapters_frozen = True
+    if model.training and getattr(model, "_hfmtl_adapters_frozen", False):
         # set_adapter marks the other adapters frozen; keep them trainable, or an optimizer (and DDP,
-        # which registers parameters once) would never see them again after their first switch
-        for name, param in encoder.named_parameters():
-            if _is_adapter_param(name, model.config.peft["adapters"]):
-                param.requires_grad_(True)
-
-
-def _is_adapter_param(param_name: str, adapter_names: list[str]) -> bool:
-    return any(f".{name}." in param_name or param_name.endswith(f".{name}") for name in adapter_names)
+        # which registers parameters once) would never see them again after their first switch. A
+        # switch made in eval mode (an evaluation between training steps) froze them too, and the next
+        # training step may be on that same task: hence the flag, not "on a switch" (~0.7 ms a call on
+        # MiniLM, so not on every step either).
+        encoder.set_requires_grad(model.config.peft["adapters"], requires_grad=True)
+        model._hfmtl_adapters_frozen = False
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -194,7 +202,7 @@ def merged_encoder(model: nn.Module, task_name: str | None = None) -> nn.Module:
     encoder = model.encoder
     if encoder.active_peft_config.is_prompt_learning:
         raise ConfigError(
-            f"{encoder.active_peft_config.peft_type} adds virtual tokens that cannot be folded into the weights"
+            f"{_method(encoder.active_peft_config)} adds virtual tokens that cannot be folded into the weights"
         )
     mode = model.config.peft["mode"]
     if mode == "per_task":
