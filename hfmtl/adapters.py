@@ -82,6 +82,8 @@ def add_adapters(model: nn.Module, config: dict[str, Any], mode: str, base_model
         raise ConfigError("the model already has PEFT adapters; merge them first (hfmtl export) or drop peft")
     config = dict(config)
     if str(config.get("peft_type", "")).upper() == "ADALORA" and not config.get("total_step"):
+        if not total_steps:
+            raise ConfigError("peft.config: AdaLoRA needs total_step (or set train.max_steps, which fills it in)")
         config["total_step"] = total_steps
     peft_config = build_peft_config(config, mode)
     names = [SHARED_ADAPTER] if mode == "shared" else list(model.config.tasks)
