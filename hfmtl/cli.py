@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--task", required=True, help="Name of the task to export.")
     export.add_argument("--out", required=True, help="Directory to write the standard model and tokenizer to.")
     export.add_argument("--overwrite", action="store_true", help="Replace --out if it is not empty.")
+    export.set_defaults(handler=_export)
     if argv and argv[0] in ("train", "eval") and not any(a in ("-h", "--help") for a in argv[1:2]):
         command, rest = argv[0], argv[1:]
         try:
@@ -65,17 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("train", "eval"):
         return _run_recipe(argv[0], ["--help"])
     args = parser.parse_args(argv)  # prints usage / help and exits on a bad command line
-    if args.command == "export":
-        return _export(args)
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
     try:
-        out = export_task_dir(args.model, args.task, args.out, overwrite=args.overwrite)
+        return int(args.handler(args) or 0)
     except HfmtlError as err:  # a user error: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _export(args: argparse.Namespace) -> int:
+    out = export_task_dir(args.model, args.task, args.out, overwrite=args.overwrite)
     print(f"exported task {args.task!r} of {args.model} to {out}")
     return 0
 
