@@ -8,6 +8,7 @@ from .adapters import add_adapters, merged_encoder
 from .config import RunConfig, load_config
 from .errors import ConfigError, DataError, HfmtlError
 from .export import export_task
+from .inference import Predictor
 from .modeling import MultiTaskConfig, MultiTaskModel, MultiTaskOutput, register_auto_classes
 from .stages import plan_stages
 from .tasks import TASK_TYPES, Task, TaskConfig, build_task, register_task
@@ -25,6 +26,7 @@ __all__ = [
     "MultiTaskConfig",
     "MultiTaskModel",
     "MultiTaskOutput",
+    "Predictor",
     "RunConfig",
     "Task",
     "TaskConfig",

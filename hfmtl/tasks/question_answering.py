@@ -44,6 +44,28 @@ class QuestionAnsweringConfig(TaskConfig):
     metrics: list[str] | None = field(default_factory=lambda: ["squad"])
 
 
+def best_span(
+    start_logits: np.ndarray, end_logits: np.ndarray, offsets: list, n_best_size: int, max_answer_length: int
+) -> tuple[float, int, int] | None:
+    """The best answer span of one window: (start + end logit, start token, end token), or None.
+
+    Candidates are the `n_best_size` highest start and end logits; a span is valid when both ends are
+    context tokens (their `offsets` are not None), it does not end before it starts, and it has at most
+    `max_answer_length` tokens. Shared by evaluation (`decode`) and `hfmtl.inference`.
+    """
+    best = None
+    for s in np.argsort(start_logits)[::-1][:n_best_size]:
+        if offsets[s] is None:
+            continue
+        for e in np.argsort(end_logits)[::-1][:n_best_size]:
+            if offsets[e] is None or e < s or e - s + 1 > max_answer_length:
+                continue
+            score = float(start_logits[s] + end_logits[e])
+            if best is None or score > best[0]:
+                best = (score, int(s), int(e))
+    return best
+
+
 @register_task("question_answering")
 class QuestionAnsweringTask(Task):
     """SQuAD-style extractive QA with windows over long contexts and n-best span decoding."""
@@ -164,21 +186,10 @@ class QuestionAnsweringTask(Task):
             best = {"text": "", "answer_start": -1, "score": -np.inf}
             for index in features_by_example[qid]:
                 offsets = all_offsets[index]
-                start_logits, end_logits = starts[index][: len(offsets)], ends[index][: len(offsets)]
-                for s in np.argsort(start_logits)[::-1][:n_best]:
-                    if offsets[s] is None:
-                        continue
-                    for e in np.argsort(end_logits)[::-1][:n_best]:
-                        if offsets[e] is None or e < s or e - s + 1 > max_len:
-                            continue
-                        score = float(start_logits[s] + end_logits[e])
-                        if score > best["score"]:
-                            char_start, char_end = offsets[s][0], offsets[e][1]
-                            best = {
-                                "text": context[char_start:char_end],
-                                "answer_start": char_start,
-                                "score": score,
-                            }
+                span = best_span(starts[index][: len(offsets)], ends[index][: len(offsets)], offsets, n_best, max_len)
+                if span is not None and span[0] > best["score"]:
+                    char_start, char_end = offsets[span[1]][0], offsets[span[2]][1]
+                    best = {"text": context[char_start:char_end], "answer_start": char_start, "score": span[0]}
             answers[qid] = best
         return answers
 

@@ -1,0 +1,361 @@
+"""`Predictor`: load a saved (or Hub) multi-task model in one line and predict any of its tasks.
+
+Example:
+    >>> from hfmtl.inference import Predictor  # also exported as hfmtl.Predictor
+    >>> predictor = Predictor.from_pretrained(model_dir, batch_size=32)
+    >>> sorted(predictor.tasks)
+    ['copa', 'ner', 'rte', 'squad', 'stsb', 'topics']
+    >>> predictor.predict("rte", {"sentence1": "A man plays a guitar.", "sentence2": "A man plays music."})
+    {'label': ..., 'score': ...}
+    >>> predictor.predict("stsb", [("A cat sleeps.", "A cat is asleep."), ("Hi.", "Bye.")])
+    [{'value': ...}, {'value': ...}]
+    >>> predictor.predict_many([{"task": "rte", "sentence1": "It rains.", "sentence2": "It is wet."},
+    ...                         {"task": "ner", "text": "Angela Merkel visited Paris."}])
+    [{'label': ..., 'score': ...}, [...]]
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import fields as dataclass_fields
+from typing import Any
+
+import torch
+import yaml
+from transformers import AutoConfig, AutoTokenizer
+from transformers.utils import cached_file
+
+from ..errors import DataError, HfmtlError
+from ..modeling import MultiTaskConfig, MultiTaskModel
+from ..tasks import build_task, get_task_class, task_config_from_dict
+from ..tasks.base import Task
+from . import choices, sequence, spans, tokens  # noqa: F401  (register the task types' predictors)
+from .base import PREDICTORS, InputError, PredictOptions, TaskPredictor
+
+RUN_CONFIG_FILE = "config.yaml"
+# a placeholder for the dataset a TaskConfig insists on; nothing is ever loaded from it
+_NO_DATASET = "<none: inference>"
+
+
+class Predictor:
+    """Predictions of a `MultiTaskModel` for raw inputs, task by task or mixed.
+
+    Args:
+        model: the multi-task model; it is moved to `device` and put in eval mode.
+        tokenizer: its (fast) tokenizer.
+        run_config: the run's saved config (``config.yaml`` as a dict); its task sections give each
+            task's input field names and options (``max_length``, QA's ``doc_stride``...). Without it,
+            the fields have documented default names: ``text`` / ``text_pair`` (classification,
+            regression), ``tokens`` or ``text`` (token classification), ``question`` / ``choices`` /
+            ``context`` (multiple choice), ``question`` / ``context`` (QA).
+        device: where the model runs; None: CUDA if available, else the CPU.
+        batch_size: inputs encoded together, and features per forward pass (a QA input may have
+            several windows; a multiple-choice input is one feature of all its choices).
+        max_length: tokens per input; None: the task's ``max_length``, else the run's
+            ``model.max_length``, else what the tokenizer and encoder allow.
+    """
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        tokenizer,
+        run_config: Mapping[str, Any] | None = None,
+        *,
+        device: str | torch.device | None = None,
+        batch_size: int = 32,
+        max_length: int | None = None,
+    ):
+        if batch_size < 1:
+            raise HfmtlError(f"batch_size={batch_size} must be at least 1")
+        self.device = _device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.run_config = dict(run_config) if run_config else None
+        self._limit = _length_limit(tokenizer, model.config)
+        if max_length is not None and not 0 < max_length <= self._limit:
+            raise HfmtlError(f"max_length={max_length} must be between 1 and {self._limit} (what this encoder takes)")
+        self._max_length = max_length
+        self._runners: dict[str, TaskPredictor] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name_or_path: str,
+        *,
+        device: str | torch.device | None = None,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        tokenizer=None,
+        **hub_kwargs: Any,
+    ) -> Predictor:
+        """Load a model saved by hfmtl (a directory or a Hub repo), with its tokenizer and run config.
+
+        Args:
+            model_name_or_path: the model directory or Hub id (a PEFT model's base encoder is rebuilt
+                from ``config.peft["base_model"]``).
+            device, batch_size, max_length: see `Predictor`.
+            tokenizer: a tokenizer to use instead of the one saved with the model.
+            **hub_kwargs: ``revision``, ``token``, ``cache_dir``... for the Hub.
+
+        Raises:
+            HfmtlError: nothing loadable is there, or it is not an hfmtl model.
+        """
+        path = str(model_name_or_path)
+        _device(device)  # a bad device fails before the weights are loaded
+        try:
+            config = AutoConfig.from_pretrained(path, **hub_kwargs)
+        except (OSError, ValueError) as err:
+            raise HfmtlError(f"cannot load a model from {path!r}: {err}".replace("\n", " ")) from err
+        if not isinstance(config, MultiTaskConfig):
+            raise HfmtlError(
+                f"{path!r} is a {config.model_type!r} model, not an hfmtl multi-task model; "
+                "use transformers.pipeline for it"
+            )
+        model = MultiTaskModel.from_pretrained(path, config=config, **hub_kwargs)
+        if tokenizer is None:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path, **hub_kwargs)
+            except (OSError, ValueError) as err:
+                raise HfmtlError(
+                    f"{path!r} has no loadable tokenizer ({err}); pass tokenizer=...".replace("\n", " ")
+                ) from err
+        return cls(
+            model,
+            tokenizer,
+            read_run_config(path, **hub_kwargs),
+            device=device,
+            batch_size=batch_size,
+            max_length=max_length,
+        )
+
+    def __repr__(self) -> str:
+        return f"Predictor(tasks={list(self.tasks)}, device={str(self.device)!r}, batch_size={self.batch_size})"
+
+    @property
+    def tasks(self) -> dict[str, str]:
+        """task_name -> task type, for every head of the model."""
+        return {name: spec["type"] for name, spec in self.model.config.tasks.items()}
+
+    def fields(self, task_name: str) -> list[str]:
+        """The input field names task `task_name` reads (see `describe_fields` for which are optional)."""
+        return self._runner(task_name).fields
+
+    def describe_fields(self, task_name: str) -> str:
+        """The input fields of `task_name` as one readable line, e.g. ``'sentence1, sentence2'``."""
+        return self._runner(task_name).describe_fields()
+
+    def check(self, task_name: str, item: Any) -> None:
+        """Raise `InputError` (a ValueError) if `item` is not a valid input of `task_name`."""
+        self._runner(task_name).parse(item)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        task_name: str,
+        inputs: Any,
+        *,
+        batch_size: int | None = None,
+        return_all_scores: bool = False,
+        top_k: int | None = None,
+        threshold: float = 0.5,
+    ) -> Any:
+        """Predict task `task_name` for one input or a list of inputs.
+
+        Args:
+            task_name: one of `tasks`.
+            inputs: one input, or a list (any iterable) of them. An input is a mapping with the task's
+                fields (extra keys are ignored), or a shorthand: a string (one text; a raw text for
+                token classification), a ``(text, text_pair)`` or ``(question, context)`` tuple, or, in
+                a list, a list of words for token classification.
+            batch_size: overrides the predictor's batch size for this call.
+            return_all_scores: classification: add ``scores``, all labels by decreasing probability.
+            top_k: classification: add ``scores`` with the `top_k` most probable labels.
+            threshold: multi-label classification: labels whose probability is above it are predicted.
+
+        Returns:
+            One result for one input, a list for a list: ``{"label", "score"}`` (classification;
+            ``{"labels": [{"label", "score"}, ...]}`` for multi-label), ``{"value"}`` (regression), a
+            list of ``{"entity_group", "score", "word", "start", "end"}`` (token classification),
+            ``{"choice", "probabilities"}`` (multiple choice), ``{"answer", "score", "start", "end"}``
+            (QA). Options that do not apply to the task's type are ignored.
+
+        Raises:
+            HfmtlError: an unknown task, or an input without a field the task needs (naming the input).
+
+        Example:
+            >>> predictor.predict("topics", "Stocks rallied after the match.", return_all_scores=True)
+            {'labels': [...], 'scores': [{'label': ..., 'score': ...}, ...]}
+            >>> predictor.predict("copa", {"premise": "The glass fell.", "question": "effect",
+            ...                            "choices": ["It broke.", "It sang."]})
+            {'choice': ..., 'probabilities': [..., ...]}
+            >>> answer = predictor.predict("squad", ("Who wrote it?", "It was written by Ada Lovelace."))
+            >>> sorted(answer)
+            ['answer', 'end', 'score', 'start']
+            >>> predictor.predict("rte", {"sentence1": "No second sentence."})
+            Traceback (most recent call last):
+            ...
+            hfmtl.errors.DataError: task 'rte', input 0: missing field 'sentence2' (task 'rte' reads sentence1, sentence2)
+        """
+        single = isinstance(inputs, (str, tuple, Mapping))
+        items = [inputs] if single else list(inputs)
+        options = PredictOptions(return_all_scores, top_k, threshold)
+        results = self._predict_items(task_name, items, batch_size or self.batch_size, options)
+        return results[0] if single else results
+
+    @torch.inference_mode()
+    def predict_many(self, requests: Iterable[Mapping[str, Any]], **options: Any) -> list[Any]:
+        """Predict requests for several tasks in one call; results come back in input order.
+
+        Each request is a mapping with ``"task"`` (the task name) and that task's fields. Requests are
+        grouped by task and batched per task.
+
+        Args:
+            requests: the requests.
+            **options: `predict`'s keyword options, for every task.
+
+        Example:
+            >>> results = predictor.predict_many([
+            ...     {"task": "ner", "tokens": ["Ada", "Lovelace", "lived", "in", "London", "."]},
+            ...     {"task": "stsb", "sentence1": "A dog runs.", "sentence2": "A dog is running."},
+            ... ])
+            >>> type(results[0]).__name__, sorted(results[1])
+            ('list', ['value'])
+        """
+        requests = list(requests)
+        groups: dict[str, list[int]] = {}
+        for i, request in enumerate(requests):
+            if not isinstance(request, Mapping) or "task" not in request:
+                raise HfmtlError(f"request {i}: expected a mapping with a 'task' key, got {_short_repr(request)}")
+            groups.setdefault(request["task"], []).append(i)
+        results: list[Any] = [None] * len(requests)
+        for task_name, index in groups.items():
+            outputs = self.predict(
+                task_name, [{k: v for k, v in requests[i].items() if k != "task"} for i in index], **options
+            )
+            for i, output in zip(index, outputs):
+                results[i] = output
+        return results
+
+    # --- internals --------------------------------------------------------------------------------
+
+    def _predict_items(self, task_name: str, items: list[Any], batch_size: int, options: PredictOptions) -> list[Any]:
+        runner = self._runner(task_name)
+        parsed = []
+        for i, item in enumerate(items):
+            try:
+                parsed.append({**runner.parse(item), "index": i})  # the index names the input in errors
+            except InputError as err:
+                raise DataError(f"task {task_name!r}, input {i}: {err}") from None
+        # Inputs of similar length share a batch: less padding (on mixed lengths, several times less
+        # work). Characters stand in for tokens here; within a chunk, features are sorted by tokens.
+        by_size = sorted(range(len(parsed)), key=lambda i: _num_chars(parsed[i]))
+        results: list[Any] = [None] * len(parsed)
+        for start in range(0, len(parsed), batch_size):
+            chunk = [parsed[i] for i in by_size[start : start + batch_size]]
+            features = runner.encode(chunk)
+            order = sorted(range(len(features)), key=lambda i: _num_tokens(features[i]))
+            logits: list[Any] = [None] * len(features)
+            for b in range(0, len(order), batch_size):
+                index = order[b : b + batch_size]
+                batch = runner.collate([features[i] for i in index])
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                out = self.model(task=task_name, **batch).logits
+                for i, row in zip(index, runner.unbatch(out, batch)):
+                    logits[i] = row
+            for item, result in zip(chunk, runner.decode(chunk, features, logits, options)):
+                results[item["index"]] = result
+        return results
+
+    def _runner(self, task_name: str) -> TaskPredictor:
+        if task_name in self._runners:
+            return self._runners[task_name]
+        specs = self.model.config.tasks
+        if task_name not in specs:
+            close = difflib.get_close_matches(str(task_name), list(specs), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise HfmtlError(f"unknown task {task_name!r}{hint} (this model's tasks: {', '.join(specs)})")
+        spec = specs[task_name]
+        if spec["type"] not in PREDICTORS:
+            raise HfmtlError(f"task {task_name!r} is of type {spec['type']!r}, which has no predictor")
+        task, strict = task_for(task_name, spec, self.run_config)
+        max_length = self._max_length or task.config.max_length or self._run_max_length() or self._limit
+        runner = PREDICTORS[spec["type"]](task, spec, self.tokenizer, min(max_length, self._limit), strict)
+        self._runners[task_name] = runner
+        return runner
+
+    def _run_max_length(self) -> int | None:
+        return ((self.run_config or {}).get("model") or {}).get("max_length")
+
+
+def task_for(task_name: str, spec: dict[str, Any], run_config: Mapping[str, Any] | None) -> tuple[Task, bool]:
+    """The task object of a head: from the run config's section of that task when there is one (then
+    `strict`: the fields it was trained with are required), else with the documented default fields."""
+    section = ((run_config or {}).get("tasks") or {}).get(task_name)
+    if section is not None:
+        task = build_task(task_name, task_config_from_dict(task_name, section))
+        task.adopt_head_spec(spec)  # also checks that the section's type is the head's
+        return task, True
+    cls = get_task_class(spec["type"])
+    known = {f.name for f in dataclass_fields(cls.config_class)}
+    defaults = {k: v for k, v in PREDICTORS[spec["type"]].default_fields.items() if k in known}
+    return build_task(task_name, cls.config_class(type=spec["type"], dataset=_NO_DATASET, **defaults)), False
+
+
+def optional_file(model_name_or_path: str, filename: str, **hub_kwargs: Any) -> str | None:
+    """The local path of a file of the model (downloaded if need be), or None if the model has none.
+
+    Raises:
+        HfmtlError: the Hub cannot be reached (never silently taken for "no such file").
+    """
+    try:
+        return cached_file(model_name_or_path, filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+    except OSError as err:
+        raise HfmtlError(f"cannot fetch {filename} of {model_name_or_path!r}: {err}".replace("\n", " ")) from err
+
+
+def read_run_config(model_name_or_path: str, **hub_kwargs: Any) -> dict[str, Any] | None:
+    """The run's ``config.yaml`` saved beside the model (a dict), or None when there is none."""
+    path = optional_file(model_name_or_path, RUN_CONFIG_FILE, **hub_kwargs)
+    if path is None:
+        return None
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise HfmtlError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from err
+    return data if isinstance(data, dict) else None
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise HfmtlError(f"device={str(device)!r} is not a device: {err}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HfmtlError(f"device={str(device)!r}, but CUDA is not available here; use device='cpu'")
+    return device
+
+
+def _length_limit(tokenizer, config: MultiTaskConfig) -> int:
+    """The longest input the encoder takes: its position embeddings, or the tokenizer's limit if lower."""
+    limits = [getattr(config.encoder, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [int(n) for n in limits if n is not None and 0 < n < 1_000_000]  # 1e30: "no limit" in transformers
+    return min(limits) if limits else 512
+
+
+def _num_chars(item: dict[str, Any]) -> int:
+    return sum(len(v) if isinstance(v, str) else sum(map(len, v)) for v in item.values() if isinstance(v, (str, list)))
+
+
+def _num_tokens(feature: dict[str, Any]) -> int:
+    ids = feature["input_ids"]
+    return max(map(len, ids)) if ids and isinstance(ids[0], list) else len(ids)
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
