@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .errors import HfmtlError
 from .export import export as export_task_dir
+from .hub import add_cli as add_hub_cli
 from .inference import add_cli as add_inference_cli
 
 _RECIPES = {"train": "train.py", "eval": "evaluate.py"}
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--overwrite", action="store_true", help="Replace --out if it is not empty.")
     export.set_defaults(handler=_export)
     add_inference_cli(sub)  # hfmtl predict | info
+    add_hub_cli(sub)  # hfmtl push
     if argv and argv[0] in ("train", "eval") and not any(a in ("-h", "--help") for a in argv[1:2]):
         command, rest = argv[0], argv[1:]
         try:

@@ -159,6 +159,16 @@ class TrainConfig:
     head_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the task heads; defaults to learning_rate."}
     )
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "Upload the model to the Hub (main process; see hub_strategy)."}
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "Hub repo to push to, e.g. me/minilm-glue (needed with push_to_hub)."}
+    )
+    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
+    hub_strategy: str = field(
+        default="end", metadata={"help": "'end': push the final model; 'best': also at each new best evaluation."}
+    )
     gradual_unfreezing_steps: int | None = field(
         default=None,
         metadata={"help": "ULMFiT: start with the heads only, unfreeze one more layer from the top every N steps."},
@@ -186,6 +196,13 @@ class TrainConfig:
             check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        check_choice("train.hub_strategy", self.hub_strategy, ("end", "best"))
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError("train.push_to_hub=true needs train.hub_model_id (e.g. your-name/model-name)")
+        if self.push_to_hub and self.hub_strategy == "best" and not self.load_best_model_at_end:
+            raise ConfigError(
+                "train.hub_strategy='best' pushes the best model: it needs train.load_best_model_at_end=true"
+            )
         if self.layerwise_lr_decay is not None and not 0 < self.layerwise_lr_decay <= 1:
             raise ConfigError(f"train.layerwise_lr_decay={self.layerwise_lr_decay!r} must be in (0, 1]")
         if self.freeze_encoder and (self.gradual_unfreezing_steps or self.layerwise_lr_decay):
@@ -272,7 +289,8 @@ class RunConfig:
                         f"stages.{name}.tasks names unknown task {task_name!r}"
                         f"{_suggest(task_name, self.tasks)}; tasks are {sorted(self.tasks)}"
                     )
-            for key in ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "mixed_precision"):
+            whole_run = ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "mixed_precision")
+            for key in (*whole_run, "push_to_hub", "hub_model_id"):
                 if key in stage.train:
                     raise ConfigError(f"stages.{name}.train.{key} is set for the whole run: move it to `train:`")
 

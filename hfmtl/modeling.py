@@ -289,6 +289,15 @@ class MultiTaskModel(PreTrainedModel):
         model.eval()
         return model
 
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload this model (adapters + heads for a PEFT model) with an hfmtl model card.
+
+        Keyword arguments as in `hfmtl.hub.push_model` (tokenizer, private, revision, commit_message...).
+        """
+        from .hub import push_model  # late: keeps importing modeling light
+
+        return push_model(self, repo_id, **kwargs)
+
     def load_weights(self, directory: str | os.PathLike) -> None:
         """Load the weights `save_pretrained` wrote into `directory` into this model, in place."""
         if self.config.peft:

@@ -1,11 +1,14 @@
-"""What a run needs around the training loop: its logs and a safe output directory."""
+"""What a run needs around the training loop: its logs, a safe output directory, and what it reports
+(peak memory, flat hyper-parameters for trackers)."""
 
 from __future__ import annotations
 
 import logging
 from logging.handlers import MemoryHandler
 from pathlib import Path
+from typing import Any
 
+import torch
 from accelerate import Accelerator
 
 from .config import RunConfig
@@ -61,3 +64,27 @@ def setup_logging(accelerator: Accelerator, log_file: str | Path | None = None) 
     # the libraries' own progress bars stay; their INFO chatter goes
     transformers.utils.logging.set_verbosity_error()
     datasets.utils.logging.set_verbosity_warning()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: allocated GPU memory on CUDA, else the peak resident set size
+    (which includes everything the process held, the datasets too)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Scalars of a nested config as ``a/b/c`` keys (trackers such as TensorBoard take flat scalars)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, f"{name}/"))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+        elif isinstance(value, list):
+            flat[name] = ",".join(map(str, value))
+    return flat

@@ -68,6 +68,8 @@ def plan_stages(config: RunConfig) -> list[Stage]:
         data["train"]["output_dir"] = str(root / name)
         data["train"]["overwrite_output_dir"] = True  # the run's output_dir was checked as a whole
         data["train"]["resume_from_checkpoint"] = None  # set below, per stage
+        if index < len(config.stages) - 1:
+            data["train"]["push_to_hub"] = False  # one repo, one model: the final stage's
         if stage.sampling:
             data["sampling"].update(copy.deepcopy(stage.sampling))
         elif data["sampling"].get("weights"):

@@ -34,6 +34,9 @@ from .config import RunConfig
 from .data import TaskData, build_eval_loader, build_train_loader
 from .evaluation import evaluate_tasks
 from .freezing import GradualUnfreezer, build_param_groups, freeze_encoder_parts
+from .hub import TrainingPusher
+from .model_card import write_model_card
+from .run_setup import flat_hparams, peak_memory_mb
 from .sampling import TaskSampler, steps_per_epoch
 from .tasks import Task
 
@@ -207,6 +210,7 @@ class MultiTaskTrainer:
         self._task_index = {name: i for i, name in enumerate(names)}
         self.history: list[dict[str, Any]] = []
         self._eval_seconds = 0.0
+        self.pusher = TrainingPusher(args) if args.push_to_hub and accelerator.is_main_process else None
 
     # --- data --------------------------------------------------------------------------------------
 
@@ -244,7 +248,7 @@ class MultiTaskTrainer:
             self._iterators.clear()
             self._load_history()
             logger.info("Resumed from %s at step %d", resume, state.global_step)
-        acc.init_trackers("hfmtl", config=_flat_hparams(self.config.to_dict()))
+        acc.init_trackers("hfmtl", config=flat_hparams(self.config.to_dict()))
         logger.info(
             "Training %d steps (%d per epoch) on tasks %s, sampling %s",
             self.total_steps,
@@ -337,6 +341,8 @@ class MultiTaskTrainer:
             if self.args.load_best_model_at_end:
                 self._save_model_atomic(self.output_dir / "best")
         self._write_metrics()
+        if self.state.best_step == step and self.pusher is not None:
+            self.pusher.push_best(self.output_dir, self.tokenizer)
         return results
 
     # --- output ----------------------------------------------------------------------------------------
@@ -365,7 +371,7 @@ class MultiTaskTrainer:
                 "steps": self.state.global_step,
                 "runtime_seconds": round(self._train_runtime, 1),
                 "evaluation_seconds": round(self._eval_seconds, 1),
-                "peak_memory_mb": round(_peak_memory_mb(self.accelerator.device)),
+                "peak_memory_mb": round(peak_memory_mb(self.accelerator.device)),
             }
         _write_json_atomic(self.output_dir / "metrics.json", data)
 
@@ -390,6 +396,10 @@ class MultiTaskTrainer:
         if acc.is_main_process:
             shutil.rmtree(best, ignore_errors=True)
         self._write_metrics()
+        if acc.is_main_process:
+            write_model_card(self.output_dir)
+        if self.pusher is not None:
+            self.pusher.push_final(self.output_dir)
         # trackers end with the stage; the process group stays up for the next stage (the recipe calls
         # `end_training` once, at the very end)
         for tracker in acc.trackers:
@@ -403,27 +413,3 @@ class MultiTaskTrainer:
             acc.unwrap_model(self.model).save_pretrained(directory, state_dict=state_dict)
             self.tokenizer.save_pretrained(directory)
         acc.wait_for_everyone()
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process: allocated GPU memory on CUDA, else the peak resident set size
-    (which includes everything the process held, the datasets too)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Scalars of a nested config as ``a/b/c`` keys (trackers such as TensorBoard take flat scalars)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flat_hparams(value, f"{name}/"))
-        elif isinstance(value, (int, float, str, bool)):
-            flat[name] = value
-        elif isinstance(value, list):
-            flat[name] = ",".join(map(str, value))
-    return flat

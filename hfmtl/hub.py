@@ -1,0 +1,467 @@
+"""Push a saved hfmtl model to the Hugging Face Hub, with a model card generated from its files.
+
+    hfmtl push MODEL_DIR REPO_ID [--private] [--revision BRANCH] [--commit-message MSG] [--create-pr]
+                                 [--license ID] [--language CODE ...] [--base-model HUB_ID] [--dry-run]
+
+Everything that talks to the Hub is huggingface_hub's: `HfApi.create_repo` (``exist_ok``),
+`HfApi.create_branch` for a new ``--revision``, and `HfApi.upload_folder`, which validates README.md's
+metadata on the Hub, asks the Hub how to send each file and commits them (large folders in several
+commits, resumable by running the same push again).
+
+What is uploaded: the model directory minus `UPLOAD_IGNORE_PATTERNS` (see `files_to_upload`):
+
+- ``checkpoints/`` (optimizer and RNG states for resuming: large, and of no use to a user of the model),
+  ``best/`` (a copy of the best weights during training; the saved model already holds them),
+  ``*.tmp`` (half-written files and directories of an interrupted save);
+- ``train.log`` and the trackers' ``hfmtl/`` folder: local diagnostics with local paths and host names;
+  what a reader needs from them is in ``metrics.json`` and the card;
+- hidden files (``.env``, ``.git`` and the like) and PEFT's own template card ``adapters/**/README.md``,
+  which names the base by its local path and carries no information.
+
+A PEFT model's directory holds its adapters and heads only, so that is what is pushed; the card names
+the base encoder. The token comes from where huggingface_hub looks for it (``token=``, then ``HF_TOKEN``,
+then the login cache of ``hf auth login``); hfmtl passes it through and never writes it anywhere. A push
+refuses a file that contains the token.
+
+Example:
+    >>> push_to_hub("outputs/glue", "me/minilm-glue", private=True)  # doctest: +SKIP
+    'https://huggingface.co/me/minilm-glue/commit/3f2a...'
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, get_token, validate_repo_id
+
+from .errors import HfmtlError
+from .model_card import hub_model_id, read_model_dir, write_model_card
+
+logger = logging.getLogger("hfmtl")
+
+UPLOAD_IGNORE_PATTERNS: tuple[str, ...] = (
+    "checkpoints/",
+    "best/",
+    "*.tmp",
+    "*.tmp/*",
+    "train.log",
+    "hfmtl/",  # the trackers' logs (Accelerator project_dir = output_dir, project name "hfmtl")
+    ".*",
+    "*/.*",
+    "adapters/*README.md",
+)
+# Files of this size or less are searched for the token before a push (configs, cards, tokenizer
+# files, logs); weights are not: reading gigabytes to look for a string nobody writes there costs more
+# than it protects.
+_TOKEN_SCAN_MAX_BYTES = 50 * 2**20
+# The HTTP client's own error class (httpx in huggingface_hub 1.x, httpx2 in 2.x): refused connections,
+# DNS failures and timeouts derive from it, as HfHubHTTPError does.
+_HTTP_CLIENT_ERROR: type[Exception] = HfHubHTTPError.__mro__[1]
+# Pushes started with run_as_future=True run one after the other, in the order they were started.
+_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfmtl-push")
+
+
+def files_to_upload(model_dir: str | os.PathLike) -> list[str]:
+    """The files `push_to_hub` sends, as paths relative to `model_dir`, sorted.
+
+    The same listing and filter `HfApi.upload_folder` applies (`UPLOAD_IGNORE_PATTERNS` and
+    huggingface_hub's own ``.git`` / ``.cache/huggingface`` patterns). README.md is listed once the card
+    is written, which `push_to_hub` does first.
+
+    Example:
+        >>> files_to_upload("outputs/glue")  # doctest: +SKIP
+        ['README.md', 'config.json', 'config.yaml', 'metrics.json', 'model.safetensors', 'tokenizer.json', ...]
+    """
+    folder = Path(model_dir).expanduser().resolve()
+    relative = [p.relative_to(folder).as_posix() for p in sorted(folder.glob("**/*")) if p.is_file()]
+    ignore = [*UPLOAD_IGNORE_PATTERNS, *DEFAULT_IGNORE_PATTERNS]
+    return sorted(filter_repo_objects(relative, ignore_patterns=ignore))
+
+
+def push_to_hub(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    create_pr: bool = False,
+    card_data: dict[str, Any] | None = None,
+) -> str:
+    """Upload the hfmtl model saved in `model_dir` to the Hub repo `repo_id`, writing its model card first.
+
+    The card (README.md) is generated anew from the directory's files, unless README.md is one you
+    wrote (no hfmtl marker in it): then it is uploaded as it is.
+
+    Args:
+        model_dir: a saved model directory (a training's output_dir, or a stage directory of a staged run).
+        repo_id: ``namespace/name`` (or ``name``: your own namespace). Created if it does not exist.
+        private: create the repo private. False leaves a new repo's visibility to the Hub's default for
+            the namespace (public, unless an organization defaults to private); an existing repo's
+            visibility is never changed.
+        revision: the branch to push to; created from the default branch if missing. ``refs/pr/N``
+            pushes into an open pull request.
+        commit_message: defaults to "Upload hfmtl model (tasks: ...)".
+        token: a Hub token; None uses ``HF_TOKEN`` or the login cache (`hf auth login`).
+        create_pr: open a pull request against the default branch instead of committing to it.
+        card_data: options of `hfmtl.model_card.build_model_card`: ``license``, ``language``,
+            ``base_model`` (the Hub id of a base saved under a local path), ``tags``.
+
+    Returns:
+        The URL of the commit, or of the pull request with `create_pr`.
+
+    Raises:
+        HfmtlError: not an hfmtl model directory, a bad repo id or argument, a file that contains the
+            token, or anything the Hub refused or could not be reached for, as one line saying what to do.
+
+    Example:
+        >>> push_to_hub("outputs/rte_transfer/target", "me/minilm-rte", card_data={"license": "apache-2.0"})  # doctest: +SKIP
+        'https://huggingface.co/me/minilm-rte/commit/9c1e...'
+    """
+    saved = read_model_dir(model_dir)  # one-line errors for a missing or foreign directory, first
+    _check_weights(saved.path, peft=bool(saved.peft))
+    repo_id = _check_repo_id(repo_id)
+    if create_pr and revision not in (None, constants.DEFAULT_REVISION):
+        raise HfmtlError("a pull request is opened against the default branch: drop --revision or --create-pr")
+    write_model_card(model_dir, repo_id=repo_id, **(card_data or {}))
+    if saved.peft and hub_model_id(saved.peft.get("base_model")) is None:
+        logger.warning(
+            "%s is a PEFT model on the local base %r: loading it from %s needs that base there too "
+            "(or set peft.base_model in config.json to the base's Hub id)",
+            saved.path,
+            saved.peft.get("base_model"),
+            repo_id,
+        )
+    files = files_to_upload(model_dir)
+    _refuse_token_in_files(saved.path, files, token)
+    commit_message = commit_message or f"Upload hfmtl model (tasks: {', '.join(saved.config.get('tasks') or {})})"
+    api = HfApi()  # reads the endpoint now (HF_ENDPOINT), not when huggingface_hub was imported
+    with _hub_errors(repo_id, api.endpoint):
+        repo_id = api.create_repo(repo_id, private=private or None, exist_ok=True, token=token).repo_id
+        if revision and revision != constants.DEFAULT_REVISION and not revision.startswith("refs/"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=saved.path,
+            commit_message=commit_message,
+            revision=revision,
+            create_pr=create_pr,
+            token=token,
+            ignore_patterns=list(UPLOAD_IGNORE_PATTERNS),  # upload_folder appends to the list it gets
+        )
+    logger.info("pushed %d files of %s to %s", len(files), saved.path, info.commit_url)
+    return info.pr_url or info.commit_url
+
+
+def push_model_from_training(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    strategy: str = "end",
+    tokenizer: Any = None,
+    private: bool = False,
+    revision: str | None = None,
+    token: str | None = None,
+    card_data: dict[str, Any] | None = None,
+    run_as_future: bool = False,
+) -> str | concurrent.futures.Future[str]:
+    """Push a training's model from its output directory; for the trainer, on the main process only.
+
+    Args:
+        output_dir: the training's (or the stage's) output directory.
+        repo_id: the Hub repo (``train.hub_model_id``).
+        strategy: ``"end"``: the saved model, once training has written it (after the final save and
+            ``metrics.json``). ``"best"``: the best weights so far, from ``output_dir/best`` (written
+            when `load_best_model_at_end` is on), with the run's config and metrics; call it right
+            after a new best was saved and ``metrics.json`` written. The card says the training is in
+            progress.
+        tokenizer: saved beside the best weights (``output_dir`` has the tokenizer only at the end).
+        private, revision, token, card_data: as in `push_to_hub`.
+        run_as_future: return at once with a `concurrent.futures.Future`, so that training goes on
+            during the upload; pushes run one at a time, in order. Wait for the last one before exiting.
+
+    Returns:
+        The commit URL, or a Future of it.
+
+    Example:
+        >>> future = push_model_from_training(args.output_dir, args.hub_model_id, strategy="best",  # doctest: +SKIP
+        ...                                   tokenizer=tokenizer, run_as_future=True)
+    """
+    output_dir = Path(output_dir)
+    if strategy not in ("end", "best"):
+        raise HfmtlError(f"hub strategy {strategy!r} is not one of 'end', 'best'")
+    if strategy == "end":
+        kwargs = {"private": private, "revision": revision, "token": token, "card_data": card_data}
+        if run_as_future:
+            return _EXECUTOR.submit(push_to_hub, output_dir, repo_id, **kwargs)
+        return push_to_hub(output_dir, repo_id, **kwargs)
+    best = output_dir / "best"
+    if not (best / "config.json").is_file():
+        raise HfmtlError(
+            f"{best} holds no model: the 'best' hub strategy needs train.load_best_model_at_end=true "
+            "and a push after an evaluation"
+        )
+    # A snapshot of best/ taken now: the next best replaces best/ while this upload may still run. It
+    # lives inside output_dir (hard links, no copy; a hidden .tmp name, so never uploaded itself).
+    staging = Path(tempfile.mkdtemp(prefix=".hub-push-", suffix=".tmp", dir=output_dir))
+    try:
+        _link_tree(best, staging)
+        for name in ("config.yaml", "metrics.json"):
+            if (output_dir / name).is_file():
+                shutil.copy2(output_dir / name, staging / name)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        step = ((read_model_dir(staging).metrics or {}).get("best") or {}).get("step")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    def job() -> str:
+        try:
+            return push_to_hub(
+                staging,
+                repo_id,
+                private=private,
+                revision=revision,
+                token=token,
+                commit_message=f"Training in progress: best model at step {step}",
+                card_data=card_data,
+            )
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    return _EXECUTOR.submit(job) if run_as_future else job()
+
+
+class TrainingPusher:
+    """Pushes of one training (`train.push_to_hub`), made by the trainer on the main process.
+
+    With ``hub_strategy: best`` each new best model is uploaded in the background while training goes
+    on (one upload at a time, in order); the final model is always pushed at the end, after waiting for
+    those, so the repo ends with the saved model and a card without the "in progress" note.
+    """
+
+    def __init__(self, args: Any):
+        self.repo_id, self.private, self.strategy = args.hub_model_id, args.hub_private, args.hub_strategy
+        self._pending: list[concurrent.futures.Future[str]] = []
+
+    def push_best(self, output_dir: str | os.PathLike, tokenizer: Any) -> None:
+        if self.strategy != "best":
+            return
+        future = push_model_from_training(
+            output_dir, self.repo_id, strategy="best", tokenizer=tokenizer, private=self.private, run_as_future=True
+        )
+        self._pending.append(future)
+
+    def push_final(self, output_dir: str | os.PathLike) -> str:
+        for future in self._pending:  # in order; a failed upload surfaces here
+            future.result()
+        url = push_model_from_training(output_dir, self.repo_id, strategy="end", private=self.private)
+        logger.info("Pushed %s to %s", output_dir, url)
+        return url
+
+
+def push_model(
+    model: Any,
+    repo_id: str,
+    *,
+    tokenizer: Any = None,
+    commit_message: str | None = None,
+    private: bool = False,
+    token: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    max_shard_size: int | str | None = None,
+    tags: list[str] | None = None,
+    card_data: dict[str, Any] | None = None,
+) -> str:
+    """Push an in-memory `MultiTaskModel` (``save_pretrained`` into a temporary directory, then
+    `push_to_hub`); what ``MultiTaskModel.push_to_hub`` does, with transformers' keyword arguments.
+    Without a run's config and metrics, the card has the tasks, the encoder and the usage snippet.
+
+    Args:
+        model: the model (a PEFT one is saved as adapters + heads).
+        repo_id, commit_message, private, token, revision, create_pr, card_data: as in `push_to_hub`.
+        tokenizer: saved beside the model, so that the card's snippet and ``hfmtl export`` find it.
+        max_shard_size: passed to ``save_pretrained`` (ignored for PEFT models, which save no encoder).
+        tags: extra tags of the card.
+
+    Example:
+        >>> push_model(model, "me/my-mtl-model", tokenizer=tokenizer)  # doctest: +SKIP
+    """
+    card_data = dict(card_data or {})
+    if tags:
+        card_data["tags"] = [*card_data.get("tags", []), *tags]
+    with tempfile.TemporaryDirectory(prefix="hfmtl-push-") as tmp:
+        model.save_pretrained(tmp, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        return push_to_hub(
+            tmp,
+            repo_id,
+            private=private,
+            revision=revision,
+            commit_message=commit_message,
+            token=token,
+            create_pr=create_pr,
+            card_data=card_data,
+        )
+
+
+# --- checks --------------------------------------------------------------------------------------------
+
+
+def _check_repo_id(repo_id: str) -> str:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise HfmtlError(f"repo id {repo_id!r} is not valid: use namespace/name, e.g. your-name/my-model") from err
+    return repo_id
+
+
+def _check_weights(path: Path, peft: bool) -> None:
+    needed = ["heads.safetensors", "adapters"] if peft else ["model.safetensors", "model.safetensors.index.json"]
+    present = [name for name in needed if (path / name).exists()]
+    if (peft and len(present) < len(needed)) or not present:
+        raise HfmtlError(f"{path} has config.json but no weights ({' / '.join(needed)}): the save did not finish")
+
+
+def _refuse_token_in_files(folder: Path, files: list[str], token: str | None) -> None:
+    """Refuse to upload a file that contains the Hub token (a config or notes someone pasted it into)."""
+    secret = token or get_token()
+    if not secret or len(secret) < 8:
+        return
+    needle = secret.encode()
+    for name in files:
+        path = folder / name
+        if path.stat().st_size <= _TOKEN_SCAN_MAX_BYTES and needle in path.read_bytes():
+            raise HfmtlError(f"{path} contains your Hub token: remove it from the file before pushing")
+
+
+@contextlib.contextmanager
+def _hub_errors(repo_id: str, endpoint: str) -> Iterator[None]:
+    """huggingface_hub's exceptions (multi-line, with request ids) -> one HfmtlError line with the fix."""
+    try:
+        yield
+    except OfflineModeIsEnabled as err:
+        raise HfmtlError("HF_HUB_OFFLINE=1 is set: unset it (or set HF_HUB_OFFLINE=0) to push to the Hub") from err
+    except RevisionNotFoundError as err:
+        raise HfmtlError(f"{repo_id} has no such revision: {_first_line(err)}") from err
+    except RepositoryNotFoundError as err:
+        raise HfmtlError(
+            f"repository {repo_id} not found or not accessible: check the id, and that your token "
+            "(HF_TOKEN or `hf auth login`) may write to it"
+        ) from err
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+        if status == 401:
+            raise HfmtlError("the Hub did not accept your credentials: set HF_TOKEN or run `hf auth login`") from err
+        if status == 403:
+            raise HfmtlError(f"your token may not write to {repo_id}: use a token with write access to it") from err
+        raise HfmtlError(f"the Hub refused the push to {repo_id}: {_first_line(err)}") from err
+    except _HTTP_CLIENT_ERROR as err:
+        raise HfmtlError(
+            f"cannot reach the Hub at {endpoint} ({type(err).__name__}: {_first_line(err)}): check the "
+            "network connection, or HF_ENDPOINT"
+        ) from err
+    except ValueError as err:  # upload_folder: README.md's metadata rejected by the Hub, or a bad argument
+        if "README.md" in str(err):
+            raise HfmtlError(
+                f"the Hub rejected the metadata of README.md ({_first_line(err)}): fix it, or delete README.md "
+                "to have hfmtl write a new card"
+            ) from err
+        raise HfmtlError(f"the push to {repo_id} failed: {_first_line(err)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    """The message in one line: huggingface_hub's span several (status, url, request id, server text)."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return re.sub(r"\s*For more information check: \S+", "", text) or type(err).__name__
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link the files of `source` into `target` (a copy where links are not possible)."""
+    for path in source.rglob("*"):
+        destination = target / path.relative_to(source)
+        if path.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, destination)
+        except OSError:  # another file system, or links not supported
+            shutil.copy2(path, destination)
+
+
+# --- the command line ----------------------------------------------------------------------------------
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``hfmtl push`` on the `hfmtl` console script's subparsers.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="hfmtl")
+        >>> push = add_cli(parser.add_subparsers(dest="command"))
+        >>> parser.parse_args(["push", "outputs/glue", "me/glue", "--private"]).private
+        True
+    """
+    push = subparsers.add_parser(
+        "push",
+        help="Upload a saved model to the Hugging Face Hub, with a generated model card.",
+        description="Upload a saved hfmtl model to the Hugging Face Hub, with a model card generated from its "
+        "config.json, config.yaml and metrics.json. The token comes from HF_TOKEN or `hf auth login`.",
+    )
+    push.add_argument("model", metavar="MODEL_DIR", help="Saved hfmtl model directory.")
+    push.add_argument("repo_id", metavar="REPO_ID", help="Hub repo, namespace/name; created if missing.")
+    push.add_argument("--private", action="store_true", help="Create the repo private.")
+    push.add_argument("--revision", metavar="BRANCH", help="Branch to push to (created if missing).")
+    push.add_argument("--commit-message", metavar="MSG", help="Commit message.")
+    push.add_argument("--create-pr", action="store_true", help="Open a pull request instead of committing.")
+    push.add_argument("--license", help="License id for the card (e.g. apache-2.0); left out if not given.")
+    push.add_argument("--language", nargs="+", metavar="CODE", help="Language code(s) of the data, e.g. en.")
+    push.add_argument("--base-model", metavar="HUB_ID", help="Hub id of the base encoder saved as a local path.")
+    push.add_argument(
+        "--dry-run", action="store_true", help="Write README.md and list the files to upload; contact no server."
+    )
+    push.set_defaults(handler=_push_command)
+    return push
+
+
+def _push_command(args: argparse.Namespace) -> int:
+    card_data = {"license": args.license, "language": args.language, "base_model": args.base_model}
+    card_data = {k: v for k, v in card_data.items() if v is not None}
+    if args.dry_run:
+        read_model_dir(args.model)
+        write_model_card(args.model, repo_id=_check_repo_id(args.repo_id), **card_data)
+        print("\n".join(files_to_upload(args.model)))
+        return 0
+    url = push_to_hub(
+        args.model,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        create_pr=args.create_pr,
+        card_data=card_data,
+    )
+    print(f"pushed {args.model} to {url}")
+    return 0
