@@ -53,7 +53,8 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, get_token, validate_repo_id
 
 from .errors import HfmtlError
-from .model_card import hub_model_id, read_model_dir, write_model_card
+from .model_card import write_model_card
+from .saved_model import hub_model_id, read_model_dir
 
 logger = logging.getLogger("hfmtl")
 

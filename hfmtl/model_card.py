@@ -28,16 +28,22 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 
 from .errors import HfmtlError
+from .saved_model import (
+    SavedModel,
+    dataset_id,
+    hub_model_id,
+    init_from_lineage,
+    read_model_dir,
+    saved_evaluation,
+    search_roots,
+    weights_source,
+)
 
 logger = logging.getLogger("hfmtl")
 
@@ -58,185 +64,6 @@ PIPELINE_TAGS = {
     "multiple_choice": "multiple-choice",
     "question_answering": "question-answering",
 }
-# `dataset:` values that name a `datasets` builder for local files, not a Hub dataset
-_LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas", "sql", "xml", "webdataset", "generator"}
-_MAX_LINEAGE = 8  # init_from chains followed back this far (a cycle of local directories stops too)
-
-
-@dataclass
-class _SavedModel:
-    """The files of a model directory, parsed."""
-
-    path: Path
-    config: dict[str, Any]  # config.json
-    run: dict[str, Any] | None  # config.yaml
-    metrics: dict[str, Any] | None  # metrics.json
-
-    @property
-    def tasks(self) -> dict[str, dict[str, Any]]:
-        """task_name -> head spec, in the run config's order (config.json sorts them by name)."""
-        specs = self.config.get("tasks") or {}
-        order = [t for t in self.section("tasks") if t in specs]
-        return {t: specs[t] for t in [*order, *(t for t in specs if t not in order)]}
-
-    @property
-    def peft(self) -> dict[str, Any] | None:
-        return self.config.get("peft") or None
-
-    def section(self, name: str) -> dict[str, Any]:
-        return dict((self.run or {}).get(name) or {})
-
-
-def read_model_dir(model_dir: str | os.PathLike) -> _SavedModel:
-    """Parse ``config.json`` (required), ``config.yaml`` and ``metrics.json`` of an hfmtl model directory.
-
-    Raises:
-        HfmtlError: the directory is missing, is the root of a staged run, has no ``config.json``, or
-            holds another kind of model.
-    """
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise HfmtlError(f"model directory {str(path)!r} does not exist")
-    metrics = _read_json(path / "metrics.json")
-    if not (path / "config.json").is_file():
-        if metrics and "final_model" in metrics:
-            raise HfmtlError(f"{path} is the root of a staged run; use its final model: {metrics['final_model']}")
-        raise HfmtlError(
-            f"{path} has no config.json, so it is not a saved hfmtl model (a training writes it when it ends)"
-        )
-    config = _read_json(path / "config.json")
-    if config.get("model_type") != LIBRARY_NAME:
-        raise HfmtlError(f"{path} holds a {config.get('model_type')!r} model, not an hfmtl multi-task model")
-    run = None
-    if (path / "config.yaml").is_file():
-        try:
-            run = yaml.safe_load((path / "config.yaml").read_text())
-        except yaml.YAMLError as err:
-            raise HfmtlError(f"{path / 'config.yaml'} is not valid YAML: {err}".replace("\n", " ")) from err
-    return _SavedModel(path=path, config=config, run=run, metrics=metrics)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise HfmtlError(f"{path} is not valid JSON: {err}") from err
-
-
-def saved_evaluation(metrics: dict[str, Any] | None, load_best_model_at_end: bool = True) -> dict[str, Any] | None:
-    """The evaluation of the weights a training saved: the best step's entry of ``metrics.json`` when
-    the best model was loaded at the end, else the last one; None when nothing was evaluated.
-
-    Example:
-        >>> saved_evaluation({"history": [{"step": 5, "eval/mean": 0.7}, {"step": 10, "eval/mean": 0.6}],
-        ...                   "best": {"step": 5}})
-        {'step': 5, 'eval/mean': 0.7}
-    """
-    history = (metrics or {}).get("history") or []
-    if not history:
-        return None
-    best_step = ((metrics or {}).get("best") or {}).get("step")
-    if load_best_model_at_end and best_step is not None:
-        for entry in history:
-            if entry["step"] == best_step:
-                return entry
-    return history[-1]
-
-
-# --- where the encoder and the data came from ---------------------------------------------------------
-
-
-def _search_roots(saved: _SavedModel) -> list[Path]:
-    """Directories that relative paths of the run config may be relative to: the current one, and the
-    one the training ran in (the model directory minus ``train.output_dir``), so that a card written
-    later from elsewhere still recognises ``../shared/models/x`` or ``outputs/glue`` as local paths."""
-    roots = [Path.cwd()]
-    output_dir = saved.section("train").get("output_dir")
-    if output_dir and not Path(output_dir).is_absolute():
-        here, parts = saved.path.resolve().parts, Path(output_dir).parts
-        if len(parts) < len(here) and here[-len(parts) :] == parts:
-            roots.append(Path(*here[: -len(parts)]))
-    return roots
-
-
-def hub_model_id(name: str | None, search_roots: list[Path] | tuple[Path, ...] = ()) -> str | None:
-    """`name` if it is a Hub repo id rather than a local path, else None.
-
-    A name that looks like a path (``./``, ``../``, ``/``, ``~``), or that exists under the current
-    directory or one of `search_roots`, is local; the rest must pass huggingface_hub's repo id rules.
-
-    Example:
-        >>> hub_model_id("sentence-transformers/all-MiniLM-L6-v2"), hub_model_id("../shared/models/x")
-        ('sentence-transformers/all-MiniLM-L6-v2', None)
-    """
-    if not name or name.startswith((".", "/", "~")) or "\\" in name:
-        return None
-    if any((Path(root) / name).exists() for root in (Path.cwd(), *search_roots)):
-        return None
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return None
-    return name
-
-
-def _local_hfmtl_dir(name: str | None, roots: list[Path]) -> Path | None:
-    for root in roots:
-        path = root / name if name else None
-        if path is not None and (path / "config.json").is_file():
-            try:
-                if json.loads((path / "config.json").read_text()).get("model_type") == LIBRARY_NAME:
-                    return path
-            except json.JSONDecodeError:
-                return None
-    return None
-
-
-def _weights_source(saved: _SavedModel) -> str | None:
-    """The name the encoder's weights were loaded from: PEFT's base, else init_from, else the encoder."""
-    if saved.peft:
-        return saved.peft.get("base_model")
-    model = saved.section("model")
-    return (
-        model.get("init_from") or model.get("name_or_path") or (saved.config.get("encoder") or {}).get("_name_or_path")
-    )
-
-
-def _lineage(saved: _SavedModel) -> tuple[list[_SavedModel], str | None]:
-    """The earlier trainings this model continues (oldest first), followed through the local hfmtl
-    directories in `model.init_from` / `peft.base_model` (a staged run's earlier stages), and the Hub id
-    its weights come from at the origin, if they come from one."""
-    chain: list[_SavedModel] = []
-    seen = {saved.path.resolve()}
-    current = saved
-    for _ in range(_MAX_LINEAGE):
-        roots = _search_roots(current)
-        source = _weights_source(current)
-        earlier = _local_hfmtl_dir(source, roots)
-        if earlier is None:
-            return chain, hub_model_id(source, roots)
-        if earlier.resolve() in seen:
-            break
-        seen.add(earlier.resolve())
-        current = read_model_dir(earlier)
-        chain.insert(0, current)
-    return chain, None
-
-
-def _dataset_id(task_run: dict[str, Any]) -> str | None:
-    dataset = task_run.get("dataset")
-    if not dataset or dataset in _LOCAL_BUILDERS or task_run.get("data_files"):
-        return None  # local files (a builder name, or data_files given): no Hub id to cite
-    try:
-        validate_repo_id(dataset)
-    except HFValidationError:
-        return None
-    return None if Path(dataset).exists() else dataset
-
-
-# --- the card ----------------------------------------------------------------------------------------
 
 
 def build_model_card(
@@ -276,7 +103,7 @@ def build_model_card(
     saved = read_model_dir(model_dir)
     if base_model is not None and hub_model_id(base_model) is None:
         raise HfmtlError(f"base_model={base_model!r} is not a Hub model id (namespace/name)")
-    lineage, origin = _lineage(saved)
+    lineage, origin = init_from_lineage(saved)
     base = base_model or origin
     evaluation = saved_evaluation(saved.metrics, saved.section("train").get("load_best_model_at_end", True))
     name = (repo_id or saved.path.resolve().name).split("/")[-1]
@@ -286,7 +113,7 @@ def build_model_card(
     card_tags = [LIBRARY_NAME, *(["multi-task"] if len(types) > 1 else []), *types]
     if saved.peft:
         card_tags += ["peft", _peft_method(saved).lower()]
-    datasets = [d for d in (_dataset_id(t) for t in saved.section("tasks").values()) if d]
+    datasets = [d for d in (dataset_id(t) for t in saved.section("tasks").values()) if d]
     data = ModelCardData(
         library_name=LIBRARY_NAME,
         tags=[*card_tags, *(tags or [])],
@@ -336,7 +163,7 @@ def write_model_card(model_dir: str | os.PathLike, *, overwrite: bool = False, *
     return path
 
 
-def _peft_method(saved: _SavedModel) -> str:
+def _peft_method(saved: SavedModel) -> str:
     config = (saved.run or {}).get("peft") or {}
     method = (config.get("config") or {}).get("peft_type")
     if not method:
@@ -346,7 +173,7 @@ def _peft_method(saved: _SavedModel) -> str:
     return str(method or "unknown")
 
 
-def _eval_results(saved: _SavedModel, evaluation: dict[str, Any] | None) -> list[EvalResult]:
+def _eval_results(saved: SavedModel, evaluation: dict[str, Any] | None) -> list[EvalResult]:
     """One EvalResult per task and metric of the saved weights' evaluation."""
     if evaluation is None:
         return []
@@ -354,7 +181,7 @@ def _eval_results(saved: _SavedModel, evaluation: dict[str, Any] | None) -> list
     results = []
     for task_name, spec in saved.tasks.items():
         task_run = run_tasks.get(task_name) or {}
-        dataset = _dataset_id(task_run)
+        dataset = dataset_id(task_run)
         prefix = f"eval/{task_name}/"
         for key, value in evaluation.items():
             if not key.startswith(prefix) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -391,15 +218,15 @@ def _labels(spec: dict[str, Any]) -> str:
 
 
 def _body(
-    saved: _SavedModel,
+    saved: SavedModel,
     name: str,
     load_from: str,
     base: str | None,
-    lineage: list[_SavedModel],
+    lineage: list[SavedModel],
     evaluation: dict[str, Any] | None,
 ) -> str:
     encoder = saved.config.get("encoder") or {}
-    source = _weights_source(saved)
+    source = weights_source(saved)
     if base:
         origin = f"[`{base}`](https://huggingface.co/{base})"
         if source and source != base:  # a local copy of the base, or an earlier stage (listed below)
@@ -416,7 +243,7 @@ def _body(
         "",
     ]
     peft_base = (saved.peft or {}).get("base_model")
-    if saved.peft and hub_model_id(peft_base, _search_roots(saved)) is None:
+    if saved.peft and hub_model_id(peft_base, search_roots(saved)) is None:
         lines += [
             f"**Loading needs the base encoder at `{peft_base}`.** This PEFT model holds adapters and heads "
             "only, and `peft.base_model` in `config.json` names a local path: put the base model there, or "
@@ -431,7 +258,7 @@ def _body(
     return "\n".join(lines) + "\n"
 
 
-def _tasks_section(saved: _SavedModel, evaluation: dict[str, Any] | None) -> list[str]:
+def _tasks_section(saved: SavedModel, evaluation: dict[str, Any] | None) -> list[str]:
     lines = ["## Tasks", ""]
     if evaluation is not None:
         splits = {(saved.section("tasks").get(t) or {}).get("eval_split") or "validation" for t in saved.tasks}
@@ -486,9 +313,9 @@ _EXAMPLES = {
 }
 
 
-def _usage_section(saved: _SavedModel, load_from: str, base: str | None) -> list[str]:
+def _usage_section(saved: SavedModel, load_from: str, base: str | None) -> list[str]:
     has_tokenizer = (saved.path / "tokenizer_config.json").is_file()
-    tokenizer_from = load_from if has_tokenizer else (base or _weights_source(saved) or load_from)
+    tokenizer_from = load_from if has_tokenizer else (base or weights_source(saved) or load_from)
     code = [
         "import hfmtl  # registers the hfmtl model type with transformers' Auto classes",
         "from transformers import AutoModel, AutoTokenizer",
@@ -538,7 +365,7 @@ def _usage_section(saved: _SavedModel, load_from: str, base: str | None) -> list
 _TRANSFORMERS_PIPELINES = {k: v for k, v in PIPELINE_TAGS.items() if k != "multiple_choice"}
 
 
-def _training_section(saved: _SavedModel, lineage: list[_SavedModel], source: str | None) -> list[str]:
+def _training_section(saved: SavedModel, lineage: list[SavedModel], source: str | None) -> list[str]:
     lines = ["## Training", ""]
     if saved.run is None:
         return [*lines, "No run config (`config.yaml`) was saved with this model.", ""]
@@ -613,7 +440,7 @@ def _sampling_text(sampling: dict[str, Any]) -> str:
 
 
 def _data_text(task_run: dict[str, Any], train: dict[str, Any]) -> str:
-    dataset = _dataset_id(task_run)
+    dataset = dataset_id(task_run)
     if dataset:
         where = f"Hub dataset [`{dataset}`](https://huggingface.co/datasets/{dataset})"
         where += f" (`{task_run['subset']}`)" if task_run.get("subset") else ""
