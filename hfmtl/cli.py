@@ -2,9 +2,13 @@
 
     hfmtl train CONFIG [section.key=value ...] [--cpu]
     hfmtl eval MODEL_DIR --config CONFIG [section.key=value ...] [--output FILE] [--cpu]
+    hfmtl analyze CONFIG --output DIR [--model MODEL_DIR] [--target TASK --sources NAME=PATH ...]
     hfmtl export MODEL_DIR --task TASK --out DIR [--overwrite]
+    hfmtl predict MODEL --task TASK --input FILE|- --output FILE|-
+    hfmtl info MODEL
+    hfmtl push MODEL_DIR REPO_ID [--private] [--revision BRANCH]
 
-`train` and `eval` run the recipe of the same name (``recipes/train.py``, ``recipes/evaluate.py``): the
+`train`, `eval` and `analyze` run the recipe of the same name (``recipes/train.py``, ``recipes/evaluate.py``): the
 recipes are the one place where the steps of a run are written, top to bottom, and the console script
 is a shortcut to them. Several processes: ``accelerate launch -m hfmtl.cli train CONFIG``. `export`
 writes one task as a standard transformers model (see `hfmtl.export`).
@@ -22,7 +26,8 @@ from .export import export as export_task_dir
 from .hub import add_cli as add_hub_cli
 from .inference import add_cli as add_inference_cli
 
-_RECIPES = {"train": "train.py", "eval": "evaluate.py"}
+_RECIPES = {"train": "train.py", "eval": "evaluate.py", "analyze": "analyze.py"}
+_CONFIG_FIRST = ("train", "analyze")  # `hfmtl train CONFIG ...` is `recipes/train.py --config CONFIG ...`
 
 
 def _recipe_path(name: str) -> Path:
@@ -47,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("config", help="YAML run config (see configs/).")
     evaluate = sub.add_parser("eval", help="Evaluate a saved model on the tasks of a config.", add_help=False)
     evaluate.add_argument("model", help="Saved model directory.")
+    analyze = sub.add_parser("analyze", help="Measure how the tasks of a config relate.", add_help=False)
+    analyze.add_argument("config", help="YAML run config naming the tasks.")
     export = sub.add_parser("export", help="Export one task to a standard transformers model (for pipeline()).")
     export.add_argument("model", help="Saved hfmtl model directory (with its tokenizer).")
     export.add_argument("--task", required=True, help="Name of the task to export.")
@@ -55,19 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     export.set_defaults(handler=_export)
     add_inference_cli(sub)  # hfmtl predict | info
     add_hub_cli(sub)  # hfmtl push
-    if argv and argv[0] in ("train", "eval") and not any(a in ("-h", "--help") for a in argv[1:2]):
+    if argv and argv[0] in _RECIPES and not any(a in ("-h", "--help") for a in argv[1:2]):
         command, rest = argv[0], argv[1:]
         try:
-            if command == "train":
-                # `hfmtl train CONFIG ...` is `recipes/train.py --config CONFIG ...`
+            if command in _CONFIG_FIRST:
                 if not rest or rest[0].startswith("-"):
-                    parser.error("hfmtl train: give the config file first: hfmtl train CONFIG [key=value ...]")
-                return _run_recipe("train", ["--config", rest[0], *rest[1:]])
+                    parser.error(f"hfmtl {command}: give the config file first: hfmtl {command} CONFIG [...]")
+                return _run_recipe(command, ["--config", rest[0], *rest[1:]])
             return _run_recipe("eval", rest)
         except HfmtlError as err:  # a user error: one line, no traceback
             print(f"error: {err}", file=sys.stderr)
             return 2
-    if argv and argv[0] in ("train", "eval"):
+    if argv and argv[0] in _RECIPES:
         return _run_recipe(argv[0], ["--help"])
     args = parser.parse_args(argv)  # prints usage / help and exits on a bad command line
     try:

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import TASK_CONFIGS
+from conftest import TASK_CONFIGS, make_config, write_config
 from scipy.stats import multivariate_normal
 from torch import nn
 
 import hfmtl
+from hfmtl import cli
 from hfmtl.analysis import (
     GradientSimilarityTracker,
     TaskMatrix,
@@ -533,3 +534,36 @@ def test_extract_features_from_a_multitask_model_and_ranking_encoders(prepared, 
     scores = dict(ranking)
     assert scores["path"] == pytest.approx(scores["module"], abs=1e-6)  # the same weights, loaded from disk
     assert [s for _, s in ranking] == sorted(scores.values(), reverse=True)
+
+
+# --- `hfmtl analyze` end to end ------------------------------------------------------------------------
+
+
+def test_hfmtl_analyze_writes_scores_matrices_and_heatmaps(tiny_encoder_dir, tmp_path, capsys):
+    tasks = {"rte": TASK_CONFIGS["rte"], "stsb": TASK_CONFIGS["stsb"], "ner": TASK_CONFIGS["ner"]}
+    cfg = write_config(tmp_path / "run.yaml", make_config(tiny_encoder_dir, tmp_path / "unused", tasks))
+    out = tmp_path / "analysis"
+    argv = ["analyze", str(cfg), "--output", str(out), "--batches", "2", "--max-examples", "32"]
+    argv += ["--target", "rte", "--sources", f"pretrained={tiny_encoder_dir}"]
+    assert cli.main(argv) == 0
+
+    result = json.loads((out / "analysis.json").read_text())
+    assert result["tasks"] == ["rte", "stsb", "ner"]
+    assert set(result["transferability"]) == {"rte", "stsb", "ner"}
+    assert "h_score" in result["transferability"]["rte"] and "h_score" not in result["transferability"]["stsb"]
+    cosine = np.array(result["gradient_cosine"]["mean"])
+    assert cosine.shape == (3, 3) and np.allclose(np.diag(cosine), 1.0) and np.allclose(cosine, cosine.T)
+    assert result["gradient_cosine"]["steps"] == [0, 1]
+    assert np.array(result["lookahead_affinity"]["values"]).shape == (3, 3)
+    assert list(result["source_ranking"]["logme"]) == ["pretrained"]
+    for png in ("gradient_cosine.png", "lookahead_affinity.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "sources for rte by LogME" in capsys.readouterr().out
+
+
+def test_hfmtl_analyze_bad_target_is_one_line(tiny_encoder_dir, tmp_path, capsys):
+    cfg = write_config(
+        tmp_path / "run.yaml", make_config(tiny_encoder_dir, tmp_path / "x", {"rte": TASK_CONFIGS["rte"]})
+    )
+    assert cli.main(["analyze", str(cfg), "--output", str(tmp_path / "a"), "--target", "mnli"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --target 'mnli' is not a task of the config; tasks are ['rte']"
