@@ -252,6 +252,46 @@ class StageConfig:
     )
 
 
+STEP_CHOICES = ("one_task", "all_tasks")
+# what a one-task step can use: the others weigh or combine several tasks within one step
+ONE_TASK_METHODS = ("equal", "fixed", "initial_loss", "uncertainty")
+
+
+@dataclass
+class BalancingConfig:
+    """How tasks are weighed against each other (see hfmtl/balancing/ and hfmtl/steps.py)."""
+
+    step: str = field(
+        default="one_task",
+        metadata={"help": "'one_task': each optimizer step trains one sampled task; 'all_tasks': every task."},
+    )
+    method: str = field(
+        default="equal",
+        metadata={
+            "help": "A loss weighting (equal, fixed, uncertainty, dwa, gradnorm, rlw, famo, initial_loss) "
+            "or a gradient method (pcgrad, cagrad, gradvac, mgda, imtl_g, nash_mtl, aligned_mtl)."
+        },
+    )
+    options: dict[str, Any] = field(default_factory=dict, metadata={"help": "The method's options, e.g. {c: 0.4}."})
+    tasks_per_step: int | None = field(
+        default=None, metadata={"help": "'all_tasks' with a sampled subset of this many tasks per step."}
+    )
+
+    def __post_init__(self) -> None:
+        from .balancing import BALANCERS  # the registry imports typed_config only; late to keep config light
+
+        check_choice("balancing.step", self.step, STEP_CHOICES)
+        check_choice("balancing.method", self.method, sorted(BALANCERS))
+        check_positive("balancing.tasks_per_step", self.tasks_per_step)
+        if self.step == "one_task" and self.method not in ONE_TASK_METHODS:
+            raise ConfigError(
+                f"balancing.method={self.method!r} weighs several tasks within one step: set balancing.step=all_tasks "
+                f"(with one task per step only {', '.join(ONE_TASK_METHODS)} apply)"
+            )
+        if self.tasks_per_step is not None and self.step != "all_tasks":
+            raise ConfigError("balancing.tasks_per_step applies to balancing.step=all_tasks")
+
+
 @dataclass
 class RunConfig:
     """A whole run: encoder, tasks, sampling and training."""
@@ -261,6 +301,7 @@ class RunConfig:
     train: TrainConfig
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig())
     peft: PeftSection | None = None
+    balancing: BalancingConfig = field(default_factory=lambda: BalancingConfig())
     stages: dict[str, StageConfig] | None = None  # stage name -> stage, in training order
 
     def __post_init__(self) -> None:
@@ -305,7 +346,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 
     if not isinstance(data, dict):
         raise ConfigError("a config must be a mapping with the sections model, tasks, train (and sampling)")
-    sections = {"model", "tasks", "train", "sampling", "peft", "stages"}
+    sections = {"model", "tasks", "train", "sampling", "peft", "balancing", "stages"}
     for key in data:
         if key not in sections:
             raise ConfigError(f"unknown section {key!r}{_suggest(str(key), sections)}")
@@ -322,6 +363,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
         train=build_dataclass(TrainConfig, data["train"], "train"),
         sampling=build_dataclass(SamplingConfig, data.get("sampling"), "sampling"),
         peft=None if data.get("peft") is None else build_dataclass(PeftSection, data["peft"], "peft"),
+        balancing=build_dataclass(BalancingConfig, data.get("balancing"), "balancing"),
         stages=_build_stages(data.get("stages")),
     )
 

@@ -83,11 +83,13 @@ class MultiTaskOutput(ModelOutput):
         logits: (batch, num_labels) for sequence tasks, (batch, length, num_labels) for token tasks,
             (batch, choices) for multiple choice, (batch, length, 2) start/end logits for QA.
         hidden_states: the encoder's last hidden state.
+        task_losses: task_name -> loss, for a forward over several tasks' batches (``task_batches``).
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     hidden_states: torch.Tensor | None = None
+    task_losses: dict[str, torch.Tensor] | None = None
 
 
 def encoder_kwargs(encoder_config: PreTrainedConfig) -> dict[str, Any]:
@@ -175,15 +177,16 @@ class MultiTaskModel(PreTrainedModel):
 
     def forward(
         self,
-        task: str,
+        task: str | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         choice_mask: torch.Tensor | None = None,
+        task_batches: dict[str, dict[str, torch.Tensor]] | None = None,
         **kwargs: Any,
     ) -> MultiTaskOutput:
-        """Encode the batch and apply `task`'s head.
+        """Encode the batch and apply `task`'s head (or each task's, with `task_batches`).
 
         Args:
             task: a task name from ``config.tasks``.
@@ -192,8 +195,14 @@ class MultiTaskModel(PreTrainedModel):
                 separately and their scores returned as (batch, choices).
             labels: targets in the task type's format; when given, `loss` is computed.
             choice_mask: (batch, choices) bool, False for padded choices (their score becomes -inf).
+            task_batches: task_name -> that task's batch (with labels), instead of `task` and the
+                tensors: one call returns every task's loss in `task_losses`. One call, so that DDP
+                sees one forward for one backward when a step trains every task (see hfmtl/steps.py).
             **kwargs: passed to the encoder.
         """
+        if task_batches is not None:
+            losses = {name: self(task=name, **batch).loss for name, batch in task_batches.items()}
+            return MultiTaskOutput(task_losses=losses)
         if task not in self.heads:
             raise KeyError(f"unknown task {task!r}; this model has heads for {sorted(self.heads)}")
         if self.config.peft and self.config.peft["mode"] == "per_task":

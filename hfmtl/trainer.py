@@ -28,16 +28,18 @@ from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulation
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .adapters import count_parameters, update_adalora_budget
+from .adapters import count_parameters
+from .balancing import balancer_options, get_balancer
 from .checkpointing import resolve_resume_path, save_checkpoint
 from .config import RunConfig
 from .data import TaskData, build_eval_loader, build_train_loader
 from .evaluation import evaluate_tasks
-from .freezing import GradualUnfreezer, build_param_groups, freeze_encoder_parts
+from .freezing import GradualUnfreezer, build_param_groups, encoder_layer_groups, freeze_encoder_parts
 from .hub import TrainingPusher
 from .model_card import write_model_card
 from .run_setup import flat_hparams, peak_memory_mb
 from .sampling import TaskSampler, steps_per_epoch
+from .steps import all_tasks_step, one_task_step
 from .tasks import Task
 
 logger = logging.getLogger("hfmtl")
@@ -178,6 +180,7 @@ class MultiTaskTrainer:
         self.unfreezer = (
             GradualUnfreezer(model, args.gradual_unfreezing_steps) if args.gradual_unfreezing_steps else None
         )
+        self._build_balancer(model)
         param_groups = build_param_groups(
             model,
             learning_rate=args.learning_rate,
@@ -185,6 +188,8 @@ class MultiTaskTrainer:
             layerwise_lr_decay=args.layerwise_lr_decay,
             head_learning_rate=args.head_learning_rate,
         )
+        if self.balancer_params:  # a learned loss weighting trains with the model, without weight decay
+            param_groups.append({"params": self.balancer_params, "weight_decay": 0.0, "name": "balancer"})
         self.optimizer = torch.optim.AdamW(
             param_groups,
             lr=args.learning_rate,
@@ -204,6 +209,9 @@ class MultiTaskTrainer:
         self.train_loaders = dict(zip(names, prepared[2 : 2 + len(names)]))
         self.eval_loaders = dict(zip(eval_names, prepared[2 + len(names) :]))
         accelerator.register_for_checkpointing(self.scheduler, self.state)
+        if self.balancer is not None:
+            self.balancer.to(accelerator.device)
+            accelerator.register_for_checkpointing(self.balancer)
         self._iterators: dict[str, Iterator] = {}
         self._loss_sums = torch.zeros(len(names), device=accelerator.device)
         self._loss_counts = torch.zeros(len(names), device=accelerator.device)
@@ -266,8 +274,10 @@ class MultiTaskTrainer:
         start_time, last_eval_step = time.time(), None
         self.model.train()
         while state.global_step < self.total_steps:
-            task_name = self.sampler.next_task()
-            self._train_step(task_name)
+            if self.config.balancing.step == "all_tasks":
+                all_tasks_step(self, self._step_tasks(state.global_step))
+            else:
+                self._train_step(self.sampler.next_task())
             state.global_step += 1
             progress.update(1)
             step = state.global_step
@@ -287,23 +297,45 @@ class MultiTaskTrainer:
         return self.history
 
     def _train_step(self, task_name: str) -> None:
-        acc, args = self.accelerator, self.args
-        for _ in range(args.gradient_accumulation_steps):
-            batch = self._next_batch(task_name)
-            with acc.accumulate(self.model):
-                loss = self.model(task=task_name, **batch).loss
-                acc.backward(loss)
-                if acc.sync_gradients and self.unfreezer is not None:
-                    self.unfreezer.drop_frozen_grads(self.state.global_step)
-                if acc.sync_gradients and args.max_grad_norm:
-                    acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-                self.optimizer.step()
-                if acc.sync_gradients:  # AdaLoRA re-allocates its ranks from this step's gradients
-                    update_adalora_budget(acc.unwrap_model(self.model), self.state.global_step)
-                if acc.sync_gradients and not acc.optimizer_step_was_skipped:
-                    self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            # summed on device: no host sync per step; read once per logging window
+        one_task_step(self, task_name)
+
+    def _step_tasks(self, step: int) -> list[str]:
+        """The tasks of an all-tasks step: every task, or `tasks_per_step` of them drawn with the
+        sampler's probabilities from a generator seeded by the step (the same on every process and
+        after a resume, with no state to save)."""
+        names = list(self.tasks)
+        k = self.config.balancing.tasks_per_step
+        if k is None or k >= len(names):
+            return names
+        probabilities = torch.tensor([self.sampler.probabilities()[n] for n in names])
+        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + step)
+        chosen = torch.multinomial(probabilities, k, replacement=False, generator=generator)
+        return [names[i] for i in sorted(chosen.tolist())]
+
+    def _build_balancer(self, model) -> None:
+        """The balancing strategy (None: one task per step, unweighted), and what it trains on."""
+        b = self.config.balancing
+        self.balancer = None
+        self.balancer_params: list[torch.nn.Parameter] = []
+        self.last_weights: dict[str, torch.Tensor] = {}
+        # the shared trainable parameters: the encoder's (only its adapters under PEFT)
+        self.shared_params = [p for p in model.encoder.parameters() if p.requires_grad]
+        self.gradnorm_params: list[torch.nn.Parameter] = []
+        if b.step == "one_task" and b.method == "equal":
+            return
+        options = dict(b.options)
+        if "seed" in balancer_options(b.method):
+            options.setdefault("seed", self.args.seed)
+        self.balancer = get_balancer(b.method, list(self.tasks), **options)
+        self.balancer_params = list(self.balancer.parameters())
+        if b.method == "gradnorm":  # GradNorm balances gradient norms at the last shared layer
+            top = encoder_layer_groups(model.encoder)[-1]
+            self.gradnorm_params = [p for p in top if p.requires_grad]
+        logger.info("balancing: %s, %s per step %s", b.method, b.step.replace("_", " "), options or "")
+
+    def _record_losses(self, losses: dict[str, torch.Tensor]) -> None:
+        # summed on device: no host sync per step; read once per logging window
+        for task_name, loss in losses.items():
             index = self._task_index[task_name]
             self._loss_sums[index] += loss.detach().float()
             self._loss_counts[index] += 1
@@ -316,6 +348,7 @@ class MultiTaskTrainer:
         logs = {
             f"train/{name}/loss": float(sums[i] / counts[i]) for name, i in self._task_index.items() if counts[i] > 0
         }
+        logs.update({f"train/{name}/weight": float(weight) for name, weight in self.last_weights.items()})
         logs["train/learning_rate"] = float(self.scheduler.get_last_lr()[0])
         self.accelerator.log(logs, step=step)
         logger.info("step %d: %s", step, {k: round(v, 5) for k, v in logs.items()})

@@ -44,7 +44,10 @@ trainer = recipe["run"](recipe["parse_args"](sys.argv[2:]))
 acc = trainer.accelerator
 model = acc.unwrap_model(trainer.model)
 digest = hashlib.sha256()
-for name, param in sorted(model.state_dict().items()):
+state = dict(model.state_dict())
+if trainer.balancer is not None:  # learned loss weights and strategy state must agree across ranks too
+    state.update({f"balancer.{k}": v for k, v in trainer.balancer.state_dict().items() if torch.is_tensor(v)})
+for name, param in sorted(state.items()):
     digest.update(name.encode())
     digest.update(param.detach().cpu().contiguous().numpy().tobytes())
 record = {
@@ -80,7 +83,21 @@ VARIANTS = {
     ],
     # gradual unfreezing drops the gradients of frozen groups after the all-reduce, on every rank alike
     "gradual_unfreezing": ["train.gradual_unfreezing_steps=2", "train.freeze_embeddings=true"],
+    # every task per step, PCGrad on the per-task gradients of the LoRA parameters (averaged over the
+    # ranks before combining), with gradient accumulation
+    "pcgrad_lora_accumulation": [
+        "balancing.step=all_tasks",
+        "balancing.method=pcgrad",
+        "peft.mode=shared",
+        "peft.config.peft_type=LORA",
+        "peft.config.r=4",
+        "peft.config.target_modules=[query,value]",
+        "train.gradient_accumulation_steps=2",
+    ],
+    # a learned weighting outside the DDP-wrapped model: its gradients are averaged by hand
+    "uncertainty_all_tasks": ["balancing.step=all_tasks", "balancing.method=uncertainty"],
 }
+ALL_TASKS = {"pcgrad_lora_accumulation", "uncertainty_all_tasks"}
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -122,8 +139,9 @@ def test_two_process_cpu_run_stays_in_lockstep(variant, tiny_encoder_dir, tmp_pa
     records = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in records] == [0, 1]
     assert all(r["world"] == 2 and r["backend"] == "gloo" and "MULTI_CPU" in r["distributed_type"] for r in records)
-    assert len(records[0]["tasks"]) == 8
-    assert records[0]["tasks"] == records[1]["tasks"]  # the same task at every step on both ranks
+    if variant not in ALL_TASKS:  # one sampled task per step: the same task at every step on both ranks
+        assert len(records[0]["tasks"]) == 8
+    assert records[0]["tasks"] == records[1]["tasks"]
     assert records[0]["batches"] == records[1]["batches"]
     assert records[0]["params"] == records[1]["params"]  # DDP kept the replicas identical
     metrics = json.loads((out / "metrics.json").read_text())

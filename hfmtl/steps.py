@@ -1,0 +1,155 @@
+"""What one optimizer step does: train one sampled task, or every task weighed by a balancing method.
+
+``balancing.step: one_task`` (the default): `gradient_accumulation_steps` micro-batches of the task the
+sampler drew; a loss weighting that applies to one task at a time (``fixed``, ``initial_loss``,
+``uncertainty``) scales its loss.
+
+``balancing.step: all_tasks``: each micro-step takes one batch of every task (or of a sampled subset,
+``tasks_per_step``), computed in ONE forward call of the model (`task_batches`), so that DDP sees one
+forward for one backward. Then, by the method's family (hfmtl/balancing/):
+
+- a loss weighting (``equal``, ``dwa``, ``rlw``, ``uncertainty``, ``gradnorm``, ``famo``...) gives the
+  weighted loss, and one backward trains everything: cost as one backward over T tasks' batches;
+- a gradient method (``pcgrad``, ``cagrad``, ``gradvac``, ``mgda``, ``imtl_g``, ``nash_mtl``,
+  ``aligned_mtl``) needs each task's gradient of the SHARED trainable parameters (the encoder; under
+  PEFT only its adapters, far fewer): T extra `torch.autograd.grad` passes into a (T, P) float32 matrix,
+  averaged over processes (`accelerator.reduce`) so every rank combines the same gradients; then one
+  backward of the summed losses gives each head its own task's gradient (and is all-reduced by DDP as
+  usual), and the combined gradient replaces the shared parameters' ``.grad`` before clipping and the
+  optimizer step. Cost: T + 1 backward passes per micro-step and T x P floats of memory.
+
+Strategies compute and never own the loop (DESIGN.md): here are the backward passes, the all-reduces
+and the writes into ``.grad``. Their state is checkpointed with the run (exact resume).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .adapters import update_adalora_budget
+from .balancing import GradientCombiner
+from .balancing.gradnorm import task_gradient_norms
+
+if TYPE_CHECKING:
+    from .trainer import MultiTaskTrainer
+
+
+def one_task_step(trainer: MultiTaskTrainer, task_name: str) -> None:
+    """`gradient_accumulation_steps` micro-batches of one task, then the optimizer step."""
+    acc, args = trainer.accelerator, trainer.args
+    for _ in range(args.gradient_accumulation_steps):
+        batch = trainer._next_batch(task_name)
+        with acc.accumulate(trainer.model):
+            loss = trainer.model(task=task_name, **batch).loss
+            acc.backward(_weighted_total(trainer, {task_name: loss}))
+            _finish_micro_step(trainer)
+        trainer._record_losses({task_name: loss})
+
+
+def all_tasks_step(trainer: MultiTaskTrainer, task_names: list[str]) -> None:
+    """One batch of every task in `task_names` per micro-step, weighed or combined by the balancer."""
+    acc, args, balancer = trainer.accelerator, trainer.args, trainer.balancer
+    accumulation = args.gradient_accumulation_steps
+    combiner = isinstance(balancer, GradientCombiner)
+    task_grads = None
+    for _ in range(accumulation):
+        batches = {name: trainer._next_batch(name) for name in task_names}
+        with acc.accumulate(trainer.model):
+            losses = trainer.model(task_batches=batches).task_losses
+            if combiner:
+                micro = _shared_gradients(losses, task_names, trainer.shared_params) / accumulation
+                task_grads = micro if task_grads is None else task_grads + micro
+                # each head gets its own task's gradient; the shared parameters' part is replaced below
+                total = sum(losses.values())
+            else:
+                if balancer.name == "gradnorm":
+                    norms = task_gradient_norms(losses, trainer.gradnorm_params)
+                total = _weighted_total(trainer, losses)
+            acc.backward(total)
+            if acc.sync_gradients and combiner:
+                task_grads = acc.reduce(task_grads, reduction="mean")  # every rank combines the same matrix
+                combined = balancer(task_grads, task_names)
+                trainer.last_weights = dict(zip(task_names, combined.weights))
+                _write_shared_gradient(trainer.shared_params, combined.grad)
+            if acc.sync_gradients and balancer.name == "gradnorm":
+                balancer.update(_mean(acc, losses), _mean(acc, norms))
+            _finish_micro_step(trainer)
+            if acc.sync_gradients and balancer.name == "famo":
+                # FAMO learns from how much each loss fell: the same batches again after the step
+                with torch.no_grad():
+                    after = trainer.model(task_batches=batches).task_losses
+                balancer.update(_mean(acc, losses), _mean(acc, after))
+        trainer._record_losses(losses)
+
+
+def _weighted_total(trainer: MultiTaskTrainer, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss to backpropagate: the balancer's weighting of this process's task losses.
+
+    A weighting that learns parameters (uncertainty) needs the graph through them and is applied as is
+    (its gradients are averaged over processes later). Every other one is fed the losses averaged over
+    processes, so that its state (initial losses, loss history, random draws) stays the same on every
+    rank, and its weights are applied to this process's losses.
+    """
+    balancer = trainer.balancer
+    if balancer is None:
+        return sum(losses.values())
+    if trainer.balancer_params:
+        out = balancer(losses)
+        trainer.last_weights = out.weights
+        return out.loss
+    weights = balancer(_mean(trainer.accelerator, losses)).weights
+    trainer.last_weights = weights
+    return sum(weights[name].to(loss.dtype) * loss for name, loss in losses.items())
+
+
+def _finish_micro_step(trainer: MultiTaskTrainer) -> None:
+    """Unfreeze schedule, balancer gradients, clipping, optimizer and scheduler steps (at a sync)."""
+    acc, args = trainer.accelerator, trainer.args
+    if acc.sync_gradients:
+        if trainer.unfreezer is not None:
+            trainer.unfreezer.drop_frozen_grads(trainer.state.global_step)
+        # a learned loss weighting (uncertainty) lives outside the DDP-wrapped model: average by hand
+        for param in trainer.balancer_params:
+            if param.grad is not None and acc.num_processes > 1:
+                param.grad = acc.reduce(param.grad, reduction="mean")
+        if args.max_grad_norm:
+            acc.clip_grad_norm_(trainer.model.parameters(), args.max_grad_norm)
+    trainer.optimizer.step()
+    if acc.sync_gradients:  # AdaLoRA re-allocates its ranks from this step's gradients
+        update_adalora_budget(acc.unwrap_model(trainer.model), trainer.state.global_step)
+    if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+        trainer.scheduler.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def _shared_gradients(
+    losses: dict[str, torch.Tensor], task_names: list[str], params: list[torch.nn.Parameter]
+) -> torch.Tensor:
+    """(T, P) float32: each task's gradient of the shared parameters, flattened (``.grad`` untouched)."""
+    rows = []
+    for name in task_names:
+        grads = torch.autograd.grad(losses[name], params, retain_graph=True, allow_unused=True)
+        rows.append(
+            torch.cat(
+                [(g if g is not None else torch.zeros_like(p)).reshape(-1).float() for g, p in zip(grads, params)]
+            )
+        )
+    return torch.stack(rows)
+
+
+def _write_shared_gradient(params: list[torch.nn.Parameter], flat: torch.Tensor) -> None:
+    offset = 0
+    for param in params:
+        size = param.numel()
+        param.grad = flat[offset : offset + size].view_as(param).to(param.dtype)
+        offset += size
+
+
+def _mean(acc, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-task values averaged over processes (detached), so every rank's strategy state stays equal."""
+    names = list(values)
+    stacked = torch.stack([values[n].detach().float() for n in names])
+    stacked = acc.reduce(stacked, reduction="mean") if acc.num_processes > 1 else stacked
+    return dict(zip(names, stacked))
