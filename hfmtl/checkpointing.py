@@ -9,12 +9,15 @@ only once every process has finished writing. A crash mid-save leaves a ``.tmp``
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
+from .sampling import TaskSampler
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -72,3 +75,37 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, save_total_l
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+class TrainingState:
+    """What an exact resume needs beyond model, optimizer, scheduler and RNG (saved by Accelerate)."""
+
+    def __init__(self, sampler: TaskSampler):
+        self.global_step = 0
+        self.sampler = sampler
+        # per task: which pass over its data, and how many of its batches this pass has used
+        self.positions = {name: {"epoch": 0, "batches": 0} for name in sampler.task_names}
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "global_step": self.global_step,
+            "sampler": self.sampler.state_dict(),
+            "positions": self.positions,
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.global_step = int(state["global_step"])
+        self.positions = {k: dict(v) for k, v in state["positions"].items()}
+        self.best_metric = state["best_metric"]
+        self.best_step = state["best_step"]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)

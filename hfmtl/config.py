@@ -169,6 +169,13 @@ class TrainConfig:
     hub_strategy: str = field(
         default="end", metadata={"help": "'end': push the final model; 'best': also at each new best evaluation."}
     )
+    gradient_similarity_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Every N steps, record the task x task cosine of gradients on the shared parameters "
+            "(fixed probe batches); saved as gradient_similarity.json and .png."
+        },
+    )
     gradual_unfreezing_steps: int | None = field(
         default=None,
         metadata={"help": "ULMFiT: start with the heads only, unfreeze one more layer from the top every N steps."},
@@ -190,6 +197,7 @@ class TrainConfig:
             "logging_steps",
             "head_learning_rate",
             "gradual_unfreezing_steps",
+            "gradient_similarity_steps",
         ):
             check_positive(f"train.{name}", getattr(self, name))
         for name in ("seed", "weight_decay", "warmup_steps", "dataloader_num_workers", "freeze_layers"):

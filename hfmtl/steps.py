@@ -24,16 +24,56 @@ and the writes into ``.grad``. Their state is checkpointed with the run (exact r
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import torch
 
 from .adapters import update_adalora_budget
-from .balancing import GradientCombiner
+from .balancing import GradientCombiner, balancer_options, get_balancer
 from .balancing.gradnorm import task_gradient_norms
+from .freezing import encoder_layer_groups
 
 if TYPE_CHECKING:
     from .trainer import MultiTaskTrainer
+
+logger = logging.getLogger("hfmtl")
+
+
+def step_tasks(trainer: MultiTaskTrainer, step: int) -> list[str]:
+    """The tasks of an all-tasks step: every task, or `tasks_per_step` of them drawn with the
+    sampler's probabilities from a generator seeded by the step (the same on every process and
+    after a resume, with no state to save)."""
+    names = list(trainer.tasks)
+    k = trainer.config.balancing.tasks_per_step
+    if k is None or k >= len(names):
+        return names
+    probabilities = torch.tensor([trainer.sampler.probabilities()[n] for n in names])
+    generator = torch.Generator().manual_seed(trainer.args.seed * 1_000_003 + step)
+    chosen = torch.multinomial(probabilities, k, replacement=False, generator=generator)
+    return [names[i] for i in sorted(chosen.tolist())]
+
+
+def setup_balancing(trainer: MultiTaskTrainer, model) -> None:
+    """The trainer's balancing strategy (None: one task per step, unweighted), and what it trains on."""
+    b = trainer.config.balancing
+    trainer.balancer = None
+    trainer.balancer_params: list[torch.nn.Parameter] = []
+    trainer.last_weights: dict[str, torch.Tensor] = {}
+    # the shared trainable parameters: the encoder's (only its adapters under PEFT)
+    trainer.shared_params = [p for p in model.encoder.parameters() if p.requires_grad]
+    trainer.gradnorm_params: list[torch.nn.Parameter] = []
+    if b.step == "one_task" and b.method == "equal":
+        return
+    options = dict(b.options)
+    if "seed" in balancer_options(b.method):
+        options.setdefault("seed", trainer.args.seed)
+    trainer.balancer = get_balancer(b.method, list(trainer.tasks), **options)
+    trainer.balancer_params = list(trainer.balancer.parameters())
+    if b.method == "gradnorm":  # GradNorm balances gradient norms at the last shared layer
+        top = encoder_layer_groups(model.encoder)[-1]
+        trainer.gradnorm_params = [p for p in top if p.requires_grad]
+    logger.info("balancing: %s, %s per step %s", b.method, b.step.replace("_", " "), options or "")
 
 
 def one_task_step(trainer: MultiTaskTrainer, task_name: str) -> None:

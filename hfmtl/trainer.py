@@ -29,17 +29,17 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .adapters import count_parameters
-from .balancing import balancer_options, get_balancer
-from .checkpointing import resolve_resume_path, save_checkpoint
+from .analysis import GradientSimilarityTracker, heatmap
+from .checkpointing import TrainingState, resolve_resume_path, save_checkpoint, write_json_atomic
 from .config import RunConfig
 from .data import TaskData, build_eval_loader, build_train_loader
 from .evaluation import evaluate_tasks
-from .freezing import GradualUnfreezer, build_param_groups, encoder_layer_groups, freeze_encoder_parts
+from .freezing import GradualUnfreezer, build_param_groups, freeze_encoder_parts
 from .hub import TrainingPusher
 from .model_card import write_model_card
 from .run_setup import flat_hparams, peak_memory_mb
 from .sampling import TaskSampler, steps_per_epoch
-from .steps import all_tasks_step, one_task_step
+from .steps import all_tasks_step, one_task_step, setup_balancing, step_tasks
 from .tasks import Task
 
 logger = logging.getLogger("hfmtl")
@@ -66,40 +66,6 @@ def build_accelerator(config: RunConfig, cpu: bool = False) -> Accelerator:
         log_with=train.report_to or None,
         project_dir=train.output_dir,
     )
-
-
-class TrainingState:
-    """What an exact resume needs beyond model, optimizer, scheduler and RNG (saved by Accelerate)."""
-
-    def __init__(self, sampler: TaskSampler):
-        self.global_step = 0
-        self.sampler = sampler
-        # per task: which pass over its data, and how many of its batches this pass has used
-        self.positions = {name: {"epoch": 0, "batches": 0} for name in sampler.task_names}
-        self.best_metric: float | None = None
-        self.best_step: int | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "global_step": self.global_step,
-            "sampler": self.sampler.state_dict(),
-            "positions": self.positions,
-            "best_metric": self.best_metric,
-            "best_step": self.best_step,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state["sampler"])
-        self.global_step = int(state["global_step"])
-        self.positions = {k: dict(v) for k, v in state["positions"].items()}
-        self.best_metric = state["best_metric"]
-        self.best_step = state["best_step"]
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 class MultiTaskTrainer:
@@ -180,7 +146,7 @@ class MultiTaskTrainer:
         self.unfreezer = (
             GradualUnfreezer(model, args.gradual_unfreezing_steps) if args.gradual_unfreezing_steps else None
         )
-        self._build_balancer(model)
+        setup_balancing(self, model)
         param_groups = build_param_groups(
             model,
             learning_rate=args.learning_rate,
@@ -208,6 +174,20 @@ class MultiTaskTrainer:
         self.model, self.optimizer = prepared[0], prepared[1]
         self.train_loaders = dict(zip(names, prepared[2 : 2 + len(names)]))
         self.eval_loaders = dict(zip(eval_names, prepared[2 + len(names) :]))
+        self.similarity = None
+        if args.gradient_similarity_steps and accelerator.is_main_process:
+            # fixed probe batches (a loader of their own: the training loaders' positions are untouched)
+            self.similarity = GradientSimilarityTracker(names)
+            self._probes = {
+                name: next(
+                    iter(
+                        build_train_loader(
+                            tasks[name], data[name].train, tokenizer, batch_sizes[name], args.seed + 7919, False
+                        )
+                    )
+                )
+                for name in names
+            }
         accelerator.register_for_checkpointing(self.scheduler, self.state)
         if self.balancer is not None:
             self.balancer.to(accelerator.device)
@@ -275,7 +255,7 @@ class MultiTaskTrainer:
         self.model.train()
         while state.global_step < self.total_steps:
             if self.config.balancing.step == "all_tasks":
-                all_tasks_step(self, self._step_tasks(state.global_step))
+                all_tasks_step(self, step_tasks(self, state.global_step))
             else:
                 self._train_step(self.sampler.next_task())
             state.global_step += 1
@@ -284,6 +264,8 @@ class MultiTaskTrainer:
             if step % args.logging_steps == 0 or step == self.total_steps:
                 logs = self._log_train(step)
                 progress.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in logs.items() if k.endswith("/loss")})
+            if self.similarity is not None and step % args.gradient_similarity_steps == 0:
+                self._record_similarity(step)
             if args.eval_steps and step % args.eval_steps == 0:
                 self._evaluate_and_track(step)
                 last_eval_step = step
@@ -299,46 +281,19 @@ class MultiTaskTrainer:
     def _train_step(self, task_name: str) -> None:
         one_task_step(self, task_name)
 
-    def _step_tasks(self, step: int) -> list[str]:
-        """The tasks of an all-tasks step: every task, or `tasks_per_step` of them drawn with the
-        sampler's probabilities from a generator seeded by the step (the same on every process and
-        after a resume, with no state to save)."""
-        names = list(self.tasks)
-        k = self.config.balancing.tasks_per_step
-        if k is None or k >= len(names):
-            return names
-        probabilities = torch.tensor([self.sampler.probabilities()[n] for n in names])
-        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + step)
-        chosen = torch.multinomial(probabilities, k, replacement=False, generator=generator)
-        return [names[i] for i in sorted(chosen.tolist())]
-
-    def _build_balancer(self, model) -> None:
-        """The balancing strategy (None: one task per step, unweighted), and what it trains on."""
-        b = self.config.balancing
-        self.balancer = None
-        self.balancer_params: list[torch.nn.Parameter] = []
-        self.last_weights: dict[str, torch.Tensor] = {}
-        # the shared trainable parameters: the encoder's (only its adapters under PEFT)
-        self.shared_params = [p for p in model.encoder.parameters() if p.requires_grad]
-        self.gradnorm_params: list[torch.nn.Parameter] = []
-        if b.step == "one_task" and b.method == "equal":
-            return
-        options = dict(b.options)
-        if "seed" in balancer_options(b.method):
-            options.setdefault("seed", self.args.seed)
-        self.balancer = get_balancer(b.method, list(self.tasks), **options)
-        self.balancer_params = list(self.balancer.parameters())
-        if b.method == "gradnorm":  # GradNorm balances gradient norms at the last shared layer
-            top = encoder_layer_groups(model.encoder)[-1]
-            self.gradnorm_params = [p for p in top if p.requires_grad]
-        logger.info("balancing: %s, %s per step %s", b.method, b.step.replace("_", " "), options or "")
-
     def _record_losses(self, losses: dict[str, torch.Tensor]) -> None:
         # summed on device: no host sync per step; read once per logging window
         for task_name, loss in losses.items():
             index = self._task_index[task_name]
             self._loss_sums[index] += loss.detach().float()
             self._loss_counts[index] += 1
+
+    def _record_similarity(self, step: int) -> None:
+        device = self.accelerator.device
+        probes = {n: {k: v.to(device) for k, v in b.items()} for n, b in self._probes.items()}
+        with self.accelerator.autocast():
+            matrix = self.similarity.record(step, self.accelerator.unwrap_model(self.model), probes)
+        logger.info("gradient cosine at step %d: %s", step, [[round(float(v), 3) for v in row] for row in matrix])
 
     def _log_train(self, step: int) -> dict[str, float]:
         sums = self.accelerator.reduce(self._loss_sums.clone(), reduction="sum")
@@ -406,7 +361,7 @@ class MultiTaskTrainer:
                 "evaluation_seconds": round(self._eval_seconds, 1),
                 "peak_memory_mb": round(peak_memory_mb(self.accelerator.device)),
             }
-        _write_json_atomic(self.output_dir / "metrics.json", data)
+        write_json_atomic(self.output_dir / "metrics.json", data)
 
     def _load_history(self) -> None:
         path = self.output_dir / "metrics.json"
@@ -431,6 +386,14 @@ class MultiTaskTrainer:
         self._write_metrics()
         if acc.is_main_process:
             write_model_card(self.output_dir)
+        if self.similarity is not None and self.similarity.steps:
+            self.similarity.save(self.output_dir / "gradient_similarity.json")
+            heatmap(
+                self.similarity.mean,
+                self.similarity.task_names,
+                self.output_dir / "gradient_similarity.png",
+                title=f"gradient cosine, mean of steps {self.similarity.steps[0]}-{self.similarity.steps[-1]}",
+            )
         if self.pusher is not None:
             self.pusher.push_final(self.output_dir)
         # trackers end with the stage; the process group stays up for the next stage (the recipe calls

@@ -15,7 +15,7 @@ import hfmtl.trainer
 from hfmtl import ConfigError, MultiTaskModel, load_config
 from hfmtl.balancing import BALANCERS, get_balancer
 from hfmtl.checkpointing import latest_checkpoint
-from hfmtl.steps import _shared_gradients, _write_shared_gradient
+from hfmtl.steps import _shared_gradients, _write_shared_gradient, step_tasks
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -121,9 +121,9 @@ def test_tasks_per_step_draws_a_seeded_subset(tiny_encoder_dir, tmp_path):
     config = config_for(tiny_encoder_dir, tmp_path / "out", "equal", max_steps=4)
     config["balancing"]["tasks_per_step"] = 2
     trainer = run_recipe(write_config(tmp_path / "run.yaml", config))
-    draws = [trainer._step_tasks(step) for step in range(20)]
+    draws = [step_tasks(trainer, step) for step in range(20)]
     assert all(len(d) == 2 and len(set(d)) == 2 for d in draws)
-    assert draws == [trainer._step_tasks(step) for step in range(20)]  # a function of the step alone
+    assert draws == [step_tasks(trainer, step) for step in range(20)]  # a function of the step alone
     assert len({tuple(d) for d in draws}) > 1
 
 
@@ -138,3 +138,17 @@ def test_tasks_per_step_draws_a_seeded_subset(tiny_encoder_dir, tmp_path):
 def test_bad_balancing_settings_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_config("configs/tiny.yaml", overrides)
+
+
+def test_gradient_similarity_is_tracked_during_training(tiny_encoder_dir, tmp_path):
+    out = tmp_path / "out"
+    config = make_config(tiny_encoder_dir, out, TASKS, samples=32, eval_samples=16, max_steps=4)
+    config["train"]["gradient_similarity_steps"] = 2
+    trainer = run_recipe(write_config(tmp_path / "run.yaml", config))
+    record = json.loads((out / "gradient_similarity.json").read_text())
+    assert record["tasks"] == list(TASKS) and record["steps"] == [2, 4]
+    mean = torch.tensor(record["mean"])
+    assert mean.shape == (3, 3) and torch.allclose(mean.diagonal(), torch.ones(3)) and torch.allclose(mean, mean.T)
+    assert (out / "gradient_similarity.png").read_bytes()[:4] == b"\x89PNG"
+    # the probes used their own loader: the training loaders moved by the training steps alone
+    assert sum(p["batches"] for p in trainer.state.positions.values()) == 4
