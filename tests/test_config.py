@@ -345,7 +345,7 @@ def test_save_then_load_gives_an_equal_config(tmp_path: Path) -> None:
 
 def test_to_dict_holds_every_field_of_every_section(config_file: Path) -> None:
     d = load_config(config_file).to_dict()
-    assert list(d) == ["model", "tasks", "train", "sampling", "peft", "stages"]
+    assert list(d) == ["model", "tasks", "train", "sampling", "peft", "balancing", "stages"]
     assert set(d["train"]) == {f for f in TrainConfig.__dataclass_fields__}
     assert set(d["tasks"]["rte"]) == {f for f in ClassificationConfig.__dataclass_fields__}
     assert d["tasks"]["rte"]["type"] == "classification"
