@@ -3,12 +3,13 @@
     hfmtl train CONFIG [section.key=value ...] [--cpu]
     hfmtl eval MODEL_DIR --config CONFIG [section.key=value ...] [--output FILE] [--cpu]
     hfmtl analyze CONFIG --output DIR [--model MODEL_DIR] [--target TASK --sources NAME=PATH ...]
+    hfmtl cv CONFIG --folds K [--output DIR] [section.key=value ...] [--cpu]
     hfmtl export MODEL_DIR --task TASK --out DIR [--overwrite]
     hfmtl predict MODEL --task TASK --input FILE|- --output FILE|-
     hfmtl info MODEL
     hfmtl push MODEL_DIR REPO_ID [--private] [--revision BRANCH]
 
-`train`, `eval` and `analyze` run the recipe of the same name (``recipes/train.py``, ``recipes/evaluate.py``): the
+`train`, `eval`, `analyze` and `cv` run the recipe of the same name (``recipes/train.py``, ``recipes/evaluate.py``): the
 recipes are the one place where the steps of a run are written, top to bottom, and the console script
 is a shortcut to them. Several processes: ``accelerate launch -m hfmtl.cli train CONFIG``. `export`
 writes one task as a standard transformers model (see `hfmtl.export`).
@@ -26,8 +27,8 @@ from .export import export as export_task_dir
 from .hub import add_cli as add_hub_cli
 from .inference import add_cli as add_inference_cli
 
-_RECIPES = {"train": "train.py", "eval": "evaluate.py", "analyze": "analyze.py"}
-_CONFIG_FIRST = ("train", "analyze")  # `hfmtl train CONFIG ...` is `recipes/train.py --config CONFIG ...`
+_RECIPES = {"train": "train.py", "eval": "evaluate.py", "analyze": "analyze.py", "cv": "cv.py"}
+_CONFIG_FIRST = ("train", "analyze", "cv")  # `hfmtl train CONFIG ...` is `recipes/train.py --config CONFIG ...`
 
 
 def _recipe_path(name: str) -> Path:
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("model", help="Saved model directory.")
     analyze = sub.add_parser("analyze", help="Measure how the tasks of a config relate.", add_help=False)
     analyze.add_argument("config", help="YAML run config naming the tasks.")
+    cv = sub.add_parser("cv", help="K-fold cross-validation over the tasks' train splits.", add_help=False)
+    cv.add_argument("config", help="YAML run config (without stages).")
     export = sub.add_parser("export", help="Export one task to a standard transformers model (for pipeline()).")
     export.add_argument("model", help="Saved hfmtl model directory (with its tokenizer).")
     export.add_argument("--task", required=True, help="Name of the task to export.")
