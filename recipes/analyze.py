@@ -53,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="Directory for analysis.json and the heatmaps.")
     parser.add_argument("--batches", type=int, default=4, help="Batches per task for gradients and affinity.")
     parser.add_argument("--max-examples", type=int, default=1000, help="Eval examples per task for LogME.")
+    parser.add_argument(
+        "--lookahead-lr",
+        type=float,
+        default=0.1,
+        help="SGD step size of the lookahead affinity (default 0.1: with a fine-tuning learning rate such as "
+        "5e-5 one plain SGD step barely moves any loss; Adam's steps are far larger than lr x gradient).",
+    )
     parser.add_argument("--target", help="Rank --sources for this task (LogME of its labels on each encoder).")
     parser.add_argument("--sources", nargs="*", default=[], metavar="NAME=PATH", help="Candidate source encoders.")
     return parser.parse_args(argv)
@@ -61,8 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
-    if args.batches < 1 or args.max_examples < 1:
-        raise ConfigError("--batches and --max-examples must be at least 1")
+    if args.batches < 1 or args.max_examples < 1 or not args.lookahead_lr > 0:
+        raise ConfigError("--batches and --max-examples must be at least 1, and --lookahead-lr above 0")
     if args.target is not None and args.target not in config.tasks:
         raise ConfigError(f"--target {args.target!r} is not a task of the config; tasks are {sorted(config.tasks)}")
     sources = dict(_name_and_path(item) for item in args.sources)
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     tracker = GradientSimilarityTracker(list(tasks))
     for step, group in enumerate(groups):
         tracker.record(step, model, group)
-    affinity = lookahead_affinity(model, groups, learning_rate=config.train.learning_rate)
+    affinity = lookahead_affinity(model, groups, learning_rate=args.lookahead_lr)
 
     # 5. Candidate source encoders for a target, best first.
     ranking = None
@@ -141,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     result = {
         "model": args.model or config.model.name_or_path,
+        "lookahead_lr": args.lookahead_lr,
         "tasks": names,
         "transferability": transferability,
         "gradient_cosine": tracker.to_dict(),
