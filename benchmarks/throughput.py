@@ -56,12 +56,17 @@ RUNS = {
     "trainer_1task": ("trainer", "single", False),
     "hfmtl_mix": ("hfmtl", "mix", False),
     "hfmtl_mix_grouped": ("hfmtl", "mix", True),
+    "hfmtl_copies": ("hfmtl", "copies", False),
 }
+COPIES = 5  # the "overhead" part: the one task's data under this many task names
 # part -> (title, the two runs in table order, the ratio's numerator and denominator, the ratio's name)
 PARTS = {
     "trainer": ("hfmtl vs transformers.Trainer", ("hfmtl_1task", "trainer_1task"), "hfmtl / Trainer"),
     "multitask": ("hfmtl, one task vs the task mix", ("hfmtl_1task", "hfmtl_mix"), "mix / one task"),
     "grouping": ("hfmtl on the task mix, length grouping", ("hfmtl_mix", "hfmtl_mix_grouped"), "grouped / not"),
+    # the same data as one task and as five (identical copies, uniform sampling): what multi-tasking
+    # itself costs in the loop (task draws, per-task loaders and heads), with the data held equal
+    "overhead": ("hfmtl, one task vs the same data as 5 tasks", ("hfmtl_1task", "hfmtl_copies"), "5 tasks / 1"),
 }
 RATIO_OF = {"trainer": ("hfmtl_1task", "trainer_1task")}  # other parts: second run / first run
 METRICS = ("examples_per_second", "tokens_per_second", "padding_efficiency", "peak_memory_mb")
@@ -161,11 +166,13 @@ def _run_config(spec: dict[str, Any]) -> dict[str, Any]:
     source = yaml.safe_load(Path(spec["config"]).read_text())
     tasks = {}
     for name in spec["tasks"]:
-        task = dict(source["tasks"][name])
+        task = dict(source["tasks"][spec.get("task_sources", {}).get(name, name)])
         task.update(eval_split=None, max_train_samples=spec["max_train_samples"], batch_size=spec["batch_size"])
         task.pop("max_eval_samples", None)
         tasks[name] = task
     sampling = dict(source.get("sampling") or {})
+    if spec.get("task_sources"):
+        sampling = {"strategy": "uniform"}
     if sampling.get("weights"):
         sampling["weights"] = {k: v for k, v in sampling["weights"].items() if k in tasks}
     return {
@@ -532,9 +539,12 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, dict] = {}
         for name in names:
             side, which, grouped = RUNS[name]
-            tasks = [args.task] if which == "single" else mix
+            tasks = {"single": [args.task], "mix": mix, "copies": [f"{args.task}_{i}" for i in range(COPIES)]}[which]
             label = f"{'Trainer' if side == 'trainer' else 'hfmtl'}, {len(tasks)} task{'s' * (len(tasks) > 1)}"
+            if which == "copies":
+                label = f"hfmtl, {args.task} as {COPIES} tasks"
             runs[name] = {
+                "task_sources": {t: args.task for t in tasks} if which == "copies" else {},
                 "label": label + (", grouped" if grouped else ""),
                 "side": side,
                 "tasks": tasks,
@@ -550,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
                     "repeat": repeat,
                     "side": run["side"],
                     "tasks": run["tasks"],
+                    "task_sources": run["task_sources"],
                     "group_by_length": run["group_by_length"],
                 }
                 result = _launch(spec, scratch)
