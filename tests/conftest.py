@@ -114,13 +114,17 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
-@pytest.fixture
-def fresh_accelerate_state():
+def reset_accelerate_state() -> None:
     """Accelerate keeps process-wide singletons; each in-process run starts from a clean state."""
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    reset_accelerate_state()
     yield
 
 

@@ -3,15 +3,13 @@ adapters stay apart, mixed-task batches, merging, the other PEFT methods, the er
 
 from __future__ import annotations
 
-import argparse
 import json
-import runpy
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
-from conftest import MINILM, REPO_ROOT, TASK_CONFIGS, make_config, write_config
+from conftest import MINILM, TASK_CONFIGS, make_config, run_recipe, write_config
 from transformers import BertModel
 
 import hfmtl
@@ -39,14 +37,7 @@ SPECS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; the in-process recipe run starts from a clean state."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def build(encoder_dir: str, peft_config: dict | None, mode: str = "shared", tasks: dict = SPECS, seed: int = 0):
@@ -462,8 +453,6 @@ def test_adapters_cannot_be_added_twice(tiny_encoder_dir):
 
 # --- 8. the training recipe with a peft: section ----------------------------------------------------------
 
-RECIPE = runpy.run_path(str(REPO_ROOT / "recipes" / "train.py"), run_name="recipe_train")
-
 
 def test_recipe_with_per_task_lora_saves_adapters_and_heads(tiny_encoder_dir, tmp_path):
     out = tmp_path / "out"
@@ -479,8 +468,7 @@ def test_recipe_with_per_task_lora_saves_adapters_and_heads(tiny_encoder_dir, tm
         learning_rate=1e-2,
     )
     config["peft"] = {"mode": "per_task", "config": LORA}
-    args = argparse.Namespace(config=str(write_config(tmp_path / "run.yaml", config)), overrides=[], cpu=True)
-    trainer = RECIPE["run"](args)
+    trainer = run_recipe(write_config(tmp_path / "run.yaml", config))
 
     assert trainer.state.global_step == 6
     for name in ("config.json", "heads.safetensors", "tokenizer.json", "config.yaml", "metrics.json"):

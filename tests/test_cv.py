@@ -16,7 +16,7 @@ import datasets
 import numpy as np
 import pytest
 import yaml
-from conftest import TASK_CONFIGS, make_config, write_config
+from conftest import TASK_CONFIGS, make_config, reset_accelerate_state, write_config
 
 from hfmtl import cli
 from hfmtl.cross_validation import assign_folds, check_num_folds, saved_evaluation
@@ -28,15 +28,8 @@ ROWS, FOLDS, SEED = 48, 2, 3
 ROW_ID = {"rte": "idx", "ner": "id"}  # a column that names each row of the raw file
 
 
-def _reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _cv(*argv: str) -> tuple[int, str]:
-    _reset_accelerate()
+    reset_accelerate_state()
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = cli.main(["cv", *argv])
@@ -184,7 +177,7 @@ def test_bad_input_is_one_line(tiny_encoder_dir, tmp_path, capsys, case, expecte
     if case == "stages":
         cfg["stages"] = {"first": {"tasks": ["ner"]}, "second": {"tasks": ["rte"]}}
     folds = {"one fold": "1", "more folds than rows": "49", "stages": "2"}[case]
-    _reset_accelerate()
+    reset_accelerate_state()
     assert cli.main(["cv", str(write_config(tmp_path / "run.yaml", cfg)), "--folds", folds]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err

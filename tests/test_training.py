@@ -3,18 +3,15 @@ exact resume, atomic checkpoints, the CLI, evaluation of a saved model, and bad 
 
 from __future__ import annotations
 
-import argparse
 import json
-import runpy
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import transformers
 import yaml
-from conftest import REPO_ROOT, TASK_CONFIGS, make_config, write_config
+from conftest import TASK_CONFIGS, make_config, reset_accelerate_state, run_recipe, write_config
 from safetensors.torch import load_file
 
 import hfmtl
@@ -22,23 +19,10 @@ from hfmtl import cli
 from hfmtl.checkpointing import latest_checkpoint, list_checkpoints
 from hfmtl.trainer import MultiTaskTrainer
 
-RECIPE = runpy.run_path(str(REPO_ROOT / "recipes" / "train.py"), run_name="recipe_train")
 TWO_TASKS = {"rte": TASK_CONFIGS["rte"], "ner": TASK_CONFIGS["ner"]}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; each in-process run starts from a clean state."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-
-
-def run_recipe(config_path: Path, *overrides: str) -> MultiTaskTrainer:
-    args = argparse.Namespace(config=str(config_path), overrides=list(overrides), cpu=True)
-    return RECIPE["run"](args)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def test_run_writes_a_reloadable_model_and_its_records(tiny_encoder_dir, tmp_path):
@@ -98,10 +82,7 @@ def test_resume_continues_exactly(tiny_encoder_dir, tmp_path, monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             run_recipe(cfg)
     assert latest_checkpoint(resumed).name == "checkpoint-5"
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     run_recipe(cfg, "train.resume_from_checkpoint=latest")
 
     a = load_file(straight / "model.safetensors")
@@ -132,10 +113,7 @@ def test_cli_train_then_eval_reproduces_the_final_metrics(tiny_encoder_dir, tmp_
     assert cli.main(["train", str(cfg), "train.group_by_length=true"]) == 0
     final = json.loads((out / "metrics.json").read_text())["history"][-1]
 
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     assert cli.main(["eval", str(out), "--config", str(cfg), "--cpu"]) == 0
     results = json.loads((out / "eval_results.json").read_text())
     assert results.keys() == {k for k in final if k.startswith("eval/")}
