@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training throughput: hfmtl's loop vs `transformers.Trainer`, the cost of multi-tasking, length grouping.
 
-Three comparisons, measured in ONE run; their runs alternate (ABCD, DCBA, ABCD... for --repeats), and each
+Four comparisons, measured in ONE run; their runs alternate (ABCD, DCBA, ABCD... for --repeats), and each
 run is a fresh process of its own, so that its peak memory is its own:
 
   trainer    hfmtl on one task vs `transformers.Trainer` on `AutoModelForSequenceClassification`: the same
@@ -11,6 +11,10 @@ run is a fresh process of its own, so that its peak memory is its own:
   multitask  hfmtl on that one task vs on every task of --config (configs/glue.yaml: 5 GLUE tasks with its
              sampling weights), at the same number of optimizer steps.
   grouping   hfmtl on the tasks of `multitask` without vs with `train.group_by_length`.
+  overhead   hfmtl on one task vs the same data as 5 identical tasks: what the multi-task loop itself costs.
+
+Every run also reports model TFLOP/s (6 N per non-padding token plus attention); with a known peak (a
+bf16 H100/H200, or --peak-tflops) the model FLOPs utilisation (MFU) is printed too.
 
 Evaluation and checkpoints are off on both sides. hfmtl runs its real code path: a config built by
 `hfmtl.config.config_from_dict` and `recipes/train.py`'s `train_stage`, instrumented by wrapping
@@ -22,6 +26,7 @@ steps, loss logging); model loading, tokenization, setup and the final save are 
     python benchmarks/throughput.py                                   # all parts, MiniLM, GPU if there is one
     python benchmarks/throughput.py --parts trainer --steps 200 --repeats 5
     python benchmarks/throughput.py --bf16                            # bf16 autocast on both sides (GPU)
+    python benchmarks/throughput.py --bf16 --random-encoder bert-base # GPU: bert-base size, MFU printed
     python benchmarks/throughput.py --smoke --output /tmp/t.json      # a few steps on a tiny random encoder
 
 The table goes to stdout, every raw measurement (with the machine, versions and date) to --output
@@ -46,9 +51,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/runs.py, also when loaded by path
+from runs import MINILM, random_encoder, tiny_encoder  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-MINILM = REPO.parent / "shared" / "models" / "all-MiniLM-L6-v2"
-TABLE_HEADER = f"{'run':<26} {'examples/s':>11} {'tokens/s':>11} {'padding eff.':>12} {'peak MB':>9}"
+TABLE_HEADER = f"{'run':<26} {'examples/s':>11} {'tokens/s':>11} {'padding eff.':>12} {'peak MB':>9} {'TFLOP/s':>9}"
 
 # run name -> (side, which tasks, length-grouped batches)
 RUNS = {
@@ -69,7 +76,16 @@ PARTS = {
     "overhead": ("hfmtl, one task vs the same data as 5 tasks", ("hfmtl_1task", "hfmtl_copies"), "5 tasks / 1"),
 }
 RATIO_OF = {"trainer": ("hfmtl_1task", "trainer_1task")}  # other parts: second run / first run
-METRICS = ("examples_per_second", "tokens_per_second", "padding_efficiency", "peak_memory_mb")
+METRICS = (
+    "examples_per_second",
+    "tokens_per_second",
+    "padding_efficiency",
+    "peak_memory_mb",
+    "model_tflops_per_second",
+)
+# Dense bf16 tensor-core peaks (without sparsity), TFLOP/s, from NVIDIA's H100 and H200 datasheets: the
+# denominator of MFU when --peak-tflops is not given. Matched against torch.cuda.get_device_name, in order.
+BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4))
 
 
 # --- one run, in its own process -----------------------------------------------------------------------
@@ -87,6 +103,7 @@ class _Probe:
         self.warmup, self.total = warmup, total
         self.examples = self.padded_tokens = 0
         self.tokens = None  # a device tensor: summed without a host sync per step
+        self.squared_lengths = None  # sum over examples of (non-padding length)^2: the attention FLOPs
         self.task_batches: dict[str, int] = {}
         self.start = self.end = None
         self.memory_at_start_mb = self.peak_memory_mb = None
@@ -104,6 +121,8 @@ class _Probe:
         self.padded_tokens += mask.numel()
         total = mask.sum()
         self.tokens = total if self.tokens is None else self.tokens + total
+        squares = (mask.sum(dim=1) ** 2).sum()
+        self.squared_lengths = squares if self.squared_lengths is None else self.squared_lengths + squares
         self.task_batches[task_name] = self.task_batches.get(task_name, 0) + 1
 
     def on_step_end(self, step: int, device) -> None:
@@ -121,11 +140,12 @@ class _Probe:
 
             self.peak_memory_mb = peak_memory_mb(device)
 
-    def result(self, device) -> dict[str, Any]:
+    def result(self, device, model) -> dict[str, Any]:
         if self.start is None or self.end is None:
             raise RuntimeError(f"the run did not reach step {self.total} (timer start {self.start}, end {self.end})")
         seconds = self.end - self.start
         tokens = int(self.tokens)
+        flops = model_flops(model, tokens, int(self.squared_lengths))
         return {
             "device": str(device),
             "timed_steps": self.total - self.warmup,
@@ -137,10 +157,37 @@ class _Probe:
             "tokens_per_second": tokens / seconds,
             "padding_efficiency": tokens / self.padded_tokens,
             "peak_memory_mb": self.peak_memory_mb,
+            "model_flops": flops,
+            "model_tflops_per_second": flops / seconds / 1e12,
             "memory_at_start_mb": self.memory_at_start_mb,
             "memory_kind": _memory_kind(device),
             "batches_per_task": self.task_batches,
         }
+
+
+def model_flops(model, tokens: int, squared_lengths: int) -> float:
+    """Training FLOPs the model needs for the timed batches, counting non-padding tokens only (the
+    convention of model FLOPs utilisation, Chowdhery et al. 2022, PaLM, appendix B): 6 N per token for
+    the N parameters of the transformer layers (forward 2 N, backward 4 N; embeddings are lookups, and the
+    pooler and heads see one token per example), plus 12 L d per token and per token it attends to, for L
+    layers of width d: an example of n tokens attends n x n, so 12 L d sum(n^2) in all."""
+    from hfmtl.freezing import find_encoder_layers
+
+    encoder = model.encoder if hasattr(model, "heads") else model.base_model  # hfmtl | transformers
+    layers = find_encoder_layers(encoder)
+    layer_parameters = sum(p.numel() for p in layers.parameters())
+    return 6 * layer_parameters * tokens + 12 * len(layers) * encoder.config.hidden_size * squared_lengths
+
+
+def peak_tflops(device_name: str | None, bf16: bool, given: float | None) -> float | None:
+    """The device's peak for MFU: --peak-tflops, else the bf16 datasheet peak of a known GPU, else none."""
+    if given:
+        return given
+    if device_name and bf16:
+        for name, tflops in BF16_PEAK_TFLOPS:
+            if name in device_name:
+                return tflops
+    return None
 
 
 def _memory_kind(device) -> str:
@@ -229,7 +276,7 @@ def _run_hfmtl(spec: dict[str, Any]) -> dict[str, Any]:
     recipe = runpy.run_path(str(REPO / "recipes" / "train.py"), run_name="throughput_recipe")
     trainer = recipe["train_stage"](config, accelerator)
     model = accelerator.unwrap_model(trainer.model)
-    return probe.result(accelerator.device) | {
+    return probe.result(accelerator.device, accelerator.unwrap_model(trainer.model)) | {
         "optimizer": _optimizer_description(trainer.optimizer),
         "attn_implementation": model.config.encoder._attn_implementation,
         "pin_memory": next(iter(trainer.train_loaders.values())).pin_memory,
@@ -302,7 +349,7 @@ def _run_trainer(spec: dict[str, Any]) -> dict[str, Any]:
         model=model, args=args, train_dataset=features, processing_class=tokenizer, callbacks=[StepEnd()]
     )
     trainer.train()
-    return probe.result(args.device) | {
+    return probe.result(args.device, model) | {
         "optimizer": _optimizer_description(trainer.optimizer),
         "attn_implementation": model.config._attn_implementation,
         "pin_memory": args.dataloader_pin_memory and args.device.type == "cuda",
@@ -324,18 +371,6 @@ def worker(spec_path: str) -> None:
 
 
 # --- the benchmark: runs, alternating, then the tables ----------------------------------------------------
-
-
-def _tiny_encoder(directory: Path) -> str:
-    """A 2-layer, hidden-64 random BERT with MiniLM's tokenizer (as tests/conftest.py), for --smoke."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-    BertModel(config).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(str(MINILM)).save_pretrained(directory)
-    return str(directory)
 
 
 def _machine(device: str) -> dict[str, Any]:
@@ -431,15 +466,22 @@ def format_tables(results: dict[str, Any]) -> str:
         for name, row in summary["runs"].items():
             lines.append(
                 f"{runs[name]['label']:<26} {row['examples_per_second']:>11.1f} {row['tokens_per_second']:>11.0f} "
-                f"{row['padding_efficiency']:>12.3f} {row['peak_memory_mb']:>9.0f}"
+                f"{row['padding_efficiency']:>12.3f} {row['peak_memory_mb']:>9.0f} {row['model_tflops_per_second']:>9.4g}"
             )
         r = summary["ratio"]
         lines.append(
             f"{r['name']:<26} {r['examples_per_second']:>10.3f}x {r['tokens_per_second']:>10.3f}x "
-            f"{r['padding_efficiency']:>11.3f}x {r['peak_memory_mb']:>8.3f}x"
+            f"{r['padding_efficiency']:>11.3f}x {r['peak_memory_mb']:>8.3f}x {r['model_tflops_per_second']:>8.3f}x"
         )
     memory = next(iter(results["runs"].values()))["measurements"][0]["memory_kind"]
     lines.append(f"\npeak MB: {memory}; tokens: non-padding tokens (attention mask); ratios: median of paired repeats")
+    lines.append("TFLOP/s: model FLOPs (6 N per token + attention, non-padding tokens) per second")
+    peak = results["settings"].get("peak_tflops")
+    if peak:
+        lines.append(f"MFU (model FLOPs utilisation) against a peak of {peak} TFLOP/s:")
+        for name in dict.fromkeys(n for summary in results["parts"].values() for n in summary["runs"]):
+            row = _median([m["model_tflops_per_second"] for m in results["runs"][name]["measurements"]])
+            lines.append(f"  {results['runs'][name]['label']:<26} {row / peak:.3f}")
     return "\n".join(lines)
 
 
@@ -475,6 +517,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (for GPUs; slow on CPU).")
     parser.add_argument("--cpu", action="store_true", help="Use the CPU even if a GPU is present.")
+    parser.add_argument(
+        "--random-encoder",
+        choices=["bert-base"],
+        help="Instead of --model: a randomly initialised bert-base-sized BERT (12 layers, hidden 768).",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="The device's peak TFLOP/s, for MFU (default: the bf16 datasheet peak of an H100/H200 under --bf16).",
+    )
     parser.add_argument(
         "--smoke", action="store_true", help="3 steps, 1 repeat, batch 8, tiny slices and a tiny random encoder."
     )
@@ -513,7 +565,13 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output).resolve()
     scratch = Path(tempfile.mkdtemp(prefix="hfmtl-throughput-"))
     try:
-        model = args.model or (_tiny_encoder(scratch / "tiny-bert") if smoke else str(MINILM))
+        if args.random_encoder and args.model:
+            raise SystemExit("error: give --model or --random-encoder, not both")
+        if args.random_encoder:
+            model = random_encoder(scratch / "bert-base-random")  # BertConfig's defaults are bert-base
+        else:
+            model = args.model or (tiny_encoder(scratch / "tiny-bert") if smoke else str(MINILM))
+        gpu_name = torch.cuda.get_device_name(0) if device == "cuda" else None
         settings = {
             "parts": args.parts,
             "model": model,
@@ -533,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
             "trainer_optim": args.trainer_optim,
             "bf16": args.bf16,
             "cpu": args.cpu,
+            "random_encoder": args.random_encoder,
+            "peak_tflops": peak_tflops(gpu_name, args.bf16, args.peak_tflops),
             "smoke": smoke,
         }
         names = [n for n in RUNS if any(n in PARTS[p][1] for p in args.parts)]

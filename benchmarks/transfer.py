@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-TRAIN = [sys.executable, str(REPO / "recipes" / "train.py")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/runs.py
+from runs import train  # noqa: E402
+
 SMOKE = {
     "rte": [
         "train.max_steps=4",
@@ -52,17 +50,6 @@ SMOKE = {
         "tasks.sst2.max_eval_samples=32",
     ],
 }
-
-
-def train(config: str, output_dir: Path, overrides: list[str]) -> dict:
-    """Run the training recipe in a fresh process; returns its metrics.json plus the wall time."""
-    command = [*TRAIN, "--config", config, f"train.output_dir={output_dir}", *overrides]
-    print("$", " ".join(command), flush=True)
-    started = time.time()
-    subprocess.run(command, cwd=REPO, check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    metrics = json.loads((output_dir / "metrics.json").read_text())
-    metrics["wall_seconds"] = round(time.time() - started, 1)
-    return metrics
 
 
 def summary(metrics: dict, task: str, metric: str) -> dict:

@@ -60,7 +60,7 @@ def _num_layers(encoder: nn.Module) -> int | None:
     return None
 
 
-def _find_layers(encoder: nn.Module) -> nn.ModuleList:
+def find_encoder_layers(encoder: nn.Module) -> nn.ModuleList:
     """The `nn.ModuleList` of the encoder's transformer layers (bottom to top)."""
     num_layers = _num_layers(encoder)
     candidates: list[nn.ModuleList] = []
@@ -114,7 +114,7 @@ def encoder_layer_groups(encoder: nn.Module) -> list[list[nn.Parameter]]:
         >>> len(encoder_layer_groups(transformers.AutoModel.from_config(config)))
         4
     """
-    layers = _find_layers(encoder)
+    layers = find_encoder_layers(encoder)
     owner: dict[int, int] = {}
     for index, layer in enumerate(layers, start=1):
         for param in layer.parameters():

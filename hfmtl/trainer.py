@@ -154,8 +154,9 @@ class MultiTaskTrainer:
             layerwise_lr_decay=args.layerwise_lr_decay,
             head_learning_rate=args.head_learning_rate,
         )
-        if self.balancer_params:  # a learned loss weighting trains with the model, without weight decay
-            param_groups.append({"params": self.balancer_params, "weight_decay": 0.0, "name": "balancer"})
+        if self.balancer_params:  # a learned loss weighting trains with the model: no weight decay, its own lr
+            lr = getattr(self.balancer, "lr", args.learning_rate)
+            param_groups.append({"params": self.balancer_params, "weight_decay": 0.0, "lr": lr, "name": "balancer"})
         self.optimizer = torch.optim.AdamW(
             param_groups,
             lr=args.learning_rate,

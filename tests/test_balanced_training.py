@@ -114,6 +114,20 @@ def test_uncertainty_weighting_learns_its_log_variances_with_one_task_per_step(t
     assert any(g.get("name") == "balancer" and g["weight_decay"] == 0.0 for g in trainer.optimizer.param_groups)
 
 
+@pytest.mark.parametrize(("options", "lr"), [({}, 1e-2), ({"lr": 0.2}, 0.2)])
+def test_uncertainty_log_variances_train_at_their_own_learning_rate(options, lr, tiny_encoder_dir, tmp_path):
+    """At an encoder's fine-tuning rate the log-variances would barely move (Adam: about lr per step)."""
+    config = config_for(tiny_encoder_dir, tmp_path / "out", "uncertainty", max_steps=4, learning_rate=1e-5)
+    config["balancing"]["options"] = options
+    trainer = run_recipe(write_config(tmp_path / "run.yaml", config))
+    group = next(g for g in trainer.optimizer.param_groups if g.get("name") == "balancer")
+    assert group["initial_lr"] == lr and group["weight_decay"] == 0.0
+    model_group = next(g for g in trainer.optimizer.param_groups if g.get("name") != "balancer")
+    assert model_group["initial_lr"] == 1e-5
+    moved = max(abs(float(p.detach())) for p in trainer.balancer.parameters())
+    assert moved > 100 * 4 * 1e-5, moved  # far more than 4 steps at the model's rate could move them
+
+
 def test_tasks_per_step_draws_a_seeded_subset(tiny_encoder_dir, tmp_path):
     config = config_for(tiny_encoder_dir, tmp_path / "out", "equal", max_steps=4)
     config["balancing"]["tasks_per_step"] = 2

@@ -27,6 +27,18 @@ def _load_script():
     return module
 
 
+def _run_script(script, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """A benchmark script in a fresh process, offline, from the repository root."""
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        env={**os.environ, **OFFLINE},
+    )
+
+
 def _positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
@@ -34,21 +46,24 @@ def _positive(value) -> bool:
 def test_help_lists_the_options():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    for option in ("--smoke", "--parts", "--model", "--steps", "--repeats", "--bf16", "--output"):
+    for option in (
+        "--smoke",
+        "--parts",
+        "--model",
+        "--steps",
+        "--repeats",
+        "--bf16",
+        "--output",
+        "--random-encoder",
+        "--peak-tflops",
+    ):
         assert option in proc.stdout
 
 
 def test_smoke_run_writes_every_measurement(tmp_path):
     throughput = _load_script()
     output = tmp_path / "throughput.json"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--output", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO_ROOT,
-        env={**os.environ, **OFFLINE},
-    )
+    proc = _run_script(SCRIPT, ["--smoke", "--peak-tflops", "1.5", "--output", str(output)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(output.read_text())
 
@@ -92,3 +107,117 @@ def test_smoke_run_writes_every_measurement(tmp_path):
     assert proc.stdout.count(throughput.TABLE_HEADER) == len(throughput.PARTS)
     for title, _, ratio_name in throughput.PARTS.values():
         assert title in proc.stdout and ratio_name in proc.stdout
+    assert settings["peak_tflops"] == 1.5 and "MFU (model FLOPs utilisation) against a peak of 1.5" in proc.stdout
+
+
+def test_model_flops_match_torch_flop_counter():
+    """The MFU numerator (6 N per token + attention) against what torch counts for one training step."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import BertConfig, BertForSequenceClassification
+
+    throughput = _load_script()
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, vocab_size=100
+    )
+    model = BertForSequenceClassification(config)
+    batch, length = 4, 32
+    input_ids = torch.randint(0, 100, (batch, length))
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=input_ids, labels=torch.zeros(batch, dtype=torch.long)).loss.backward()
+    counted = counter.get_total_flops()
+    formula = throughput.model_flops(model, tokens=batch * length, squared_lengths=batch * length**2)
+    # the formula counts biases and norms as 6 flops per token too, and leaves out the pooler and the
+    # classifier (one token per example): a few percent apart at this tiny size
+    assert abs(formula - counted) / counted < 0.05, (formula, counted)
+
+
+def test_peak_tflops_from_the_datasheet_table_only_under_bf16():
+    throughput = _load_script()
+    assert throughput.peak_tflops("NVIDIA H100 80GB HBM3", bf16=True, given=None) == 989.4
+    assert throughput.peak_tflops("NVIDIA H100 PCIe", bf16=True, given=None) == 756.0
+    assert throughput.peak_tflops("NVIDIA H100 80GB HBM3", bf16=False, given=None) is None
+    assert throughput.peak_tflops(None, bf16=True, given=None) is None
+    assert throughput.peak_tflops("NVIDIA H100 80GB HBM3", bf16=False, given=60.0) == 60.0
+
+
+QUALITY = REPO_ROOT / "benchmarks" / "quality.py"
+
+
+def _run_quality(args: list[str]) -> subprocess.CompletedProcess:
+    return _run_script(QUALITY, args, timeout=600)
+
+
+def _finite_scores(dev: dict, tasks) -> bool:
+    return {key.split("/")[1] for key in dev} == set(tasks) and all(math.isfinite(v) for v in dev.values())
+
+
+def test_quality_smoke_run_trains_every_run_and_prints_the_tables(tmp_path):
+    out = tmp_path / "quality"
+    proc = _run_quality(["--smoke", "--methods", "equal", "pcgrad", "--output-dir", str(out)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["date"] and results["machine"]["cpu_cores"] >= 1 and results["versions"]["hfmtl"]
+
+    glue_tasks = ["sst2", "cola", "mrpc", "rte", "stsb"]
+    glue = results["glue"]
+    assert _finite_scores(glue["together"]["dev"], glue_tasks)
+    assert set(glue["alone"]) == set(glue_tasks)
+    for task, run in glue["alone"].items():
+        assert _finite_scores(run["dev"], [task]), task
+        assert run["cost"]["steps"] == 2 and _positive(run["cost"]["peak_memory_mb"])
+    assert _finite_scores(glue["trainer"]["mrpc"]["dev"], ["mrpc"])
+    assert glue["trainer"]["mrpc"]["cost"]["steps"] == 2
+    # the together run took the tasks in turn: the same number of batches of each as each alone run
+    assert glue["together"]["cost"]["steps"] == 2 * len(glue_tasks)
+    assert "sampling {'sst2': 0.2, 'cola': 0.2" in (out / "glue" / "together" / "train.log").read_text()
+
+    # balancing: every method's run, with every task in every step
+    for method in ("equal", "pcgrad"):
+        run = results["balancing"][method]
+        assert _finite_scores(run["dev"], glue_tasks) and run["cost"]["steps"] == 2, method
+        log = (out / "balancing" / method / "train.log").read_text()
+        assert f"balancing: {method}, all tasks per step" in log
+
+    conll = results["conll"]
+    assert _finite_scores(conll["together"]["dev"], ["ner", "pos", "chunk"])
+    assert _finite_scores(conll["alone"]["dev"], ["ner"])
+
+    for title in ("GLUE: together vs alone", "balancing methods", "CoNLL-2003: ner alone"):
+        assert title in proc.stdout
+    for label in ("together (round robin)", "alone (5 runs, summed)", "Trainer, mrpc alone", "pcgrad", "ner alone"):
+        assert label in proc.stdout
+
+    # --reuse reads finished runs back; a changed config trains again
+    again = _run_quality(["--smoke", "--parts", "conll", "--reuse", "--output-dir", str(out)])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("reusing conll/") == 2
+    changed = _run_quality(
+        ["--smoke", "--parts", "conll", "--reuse", "--conll-target", "pos", "--output-dir", str(out)]
+    )
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert "reusing conll/together" in changed.stdout and "reusing conll/alone_pos" not in changed.stdout
+
+
+def test_quality_refuses_methods_without_equal():
+    proc = _run_quality(["--parts", "balancing", "--methods", "pcgrad"])
+    assert proc.returncode == 2 and "--methods must include 'equal'" in proc.stderr
+
+
+def test_profile_loop_smoke_breaks_the_step_down(tmp_path):
+    script = REPO_ROOT / "benchmarks" / "profile_loop.py"
+    proc = _run_script(script, ["--smoke", "--output-dir", str(tmp_path)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "profile.json").read_text())
+    assert result["steps_profiled"] == 4 and _positive(result["step_ms"])
+    parts = result["parts_ms"]
+    # every labelled part was seen, and together they do not exceed the step they sit in
+    for label in ("hfmtl/next_batch", "hfmtl/forward", "hfmtl/backward", "hfmtl/optimizer_step"):
+        assert _positive(parts[label]), (label, parts)
+    assert sum(parts.values()) == pytest.approx(result["step_ms"], rel=1e-6)
+    assert sum(result["host_syncs_per_step_by_part"].values()) == pytest.approx(result["host_syncs_per_step"])
+    times = [op["self_cpu_ms_per_step"] for op in result["top_ops"]]
+    assert times and times == sorted(times, reverse=True) and all(t >= 0 for t in times)
+    assert (tmp_path / "trace.json").stat().st_size > 1000
+    assert "Per optimizer step" in proc.stdout and "host syncs per step" in proc.stdout
