@@ -106,15 +106,17 @@ def profile(args: argparse.Namespace, model: str | None) -> dict[str, Any]:
     )
 
     # Label the loop's parts by wrapping the methods it calls (the loop's own code is not touched).
-    train_step = MultiTaskTrainer._train_step
+    def profiled(train_step):
+        def step(self, tasks):
+            with torch.profiler.record_function("hfmtl/step"):
+                train_step(self, tasks)
+            profiler.step()
 
-    def profiled_step(self, task_name):
-        with torch.profiler.record_function("hfmtl/step"):
-            train_step(self, task_name)
-        profiler.step()
+        return step
 
     patches = {
-        (MultiTaskTrainer, "_train_step"): profiled_step,
+        (MultiTaskTrainer, "_train_step"): profiled(MultiTaskTrainer._train_step),
+        (MultiTaskTrainer, "_train_all_tasks_step"): profiled(MultiTaskTrainer._train_all_tasks_step),
         (MultiTaskTrainer, "_next_batch"): _labelled(MultiTaskTrainer._next_batch, "hfmtl/next_batch"),
         (MultiTaskModel, "forward"): _labelled(MultiTaskModel.forward, "hfmtl/forward"),
         (Accelerator, "backward"): _labelled(Accelerator.backward, "hfmtl/backward"),

@@ -198,7 +198,7 @@ def trainer_worker(spec_path: str) -> None:
         warmup_steps=t.warmup_ratio if t.warmup_ratio else t.warmup_steps,  # a float < 1 is a ratio in v5
         lr_scheduler_type=t.lr_scheduler_type,
         max_grad_norm=t.max_grad_norm,
-        optim="adamw_torch",  # hfmtl's optimizer (v5's default is the fused kernel)
+        optim=t.optim,  # the AdamW kernel hfmtl's run uses
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         eval_strategy="no",
         save_strategy="no",

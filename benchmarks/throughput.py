@@ -6,8 +6,8 @@ run is a fresh process of its own, so that its peak memory is its own:
 
   trainer    hfmtl on one task vs `transformers.Trainer` on `AutoModelForSequenceClassification`: the same
              encoder weights, the same tokenized features fed as the same batches in the same order (the
-             Trainer gets hfmtl's sampler with the same seed), the same batch size, torch AdamW (not fused, as
-             hfmtl's), learning rate, weight decay, no warm-up, linear decay, clipping at 1.0 and steps.
+             Trainer gets hfmtl's sampler with the same seed), the same batch size, AdamW kernel (--optim,
+             on both sides), learning rate, weight decay, no warm-up, linear decay, clipping at 1.0 and steps.
   multitask  hfmtl on that one task vs on every task of --config (configs/glue.yaml: 5 GLUE tasks with its
              sampling weights), at the same number of optimizer steps.
   grouping   hfmtl on the tasks of `multitask` without vs with `train.group_by_length`.
@@ -233,6 +233,7 @@ def _run_config(spec: dict[str, Any]) -> dict[str, Any]:
             "max_steps": spec["steps"],
             "per_device_train_batch_size": spec["batch_size"],
             "learning_rate": spec["learning_rate"],
+            "optim": spec["optim"],
             "weight_decay": spec["weight_decay"],
             "warmup_steps": 0,
             "warmup_ratio": 0.0,
@@ -312,9 +313,8 @@ def _run_trainer(spec: dict[str, Any]) -> dict[str, Any]:
         warmup_steps=0,
         lr_scheduler_type="linear",
         max_grad_norm=1.0,
-        # v5's default is adamw_torch_fused (torch >= 2.8); hfmtl steps a plain torch.optim.AdamW. The same
-        # optimizer on both sides, or this would compare AdamW kernels instead of training loops.
-        optim=spec["trainer_optim"],
+        # the same AdamW kernel on both sides, or this would compare kernels instead of training loops
+        optim=spec["optim"],
         bf16=spec["bf16"],
         use_cpu=spec["cpu"],
         eval_strategy="no",
@@ -513,7 +513,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--logging-steps", type=int, default=50, help="Loss logging interval, both sides (default 50).")
     parser.add_argument("--seed", type=int, default=42, help="Model init and data order, both sides (default 42).")
     parser.add_argument(
-        "--trainer-optim", default="adamw_torch", help="The Trainer's `optim` (adamw_torch = hfmtl's AdamW)."
+        "--optim",
+        choices=["adamw_torch_fused", "adamw_torch"],
+        default="adamw_torch_fused",
+        help="AdamW kernel, both sides: train.optim of hfmtl, `optim` of the Trainer (default adamw_torch_fused, "
+        "the default of both).",
     )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (for GPUs; slow on CPU).")
     parser.add_argument("--cpu", action="store_true", help="Use the CPU even if a GPU is present.")
@@ -588,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             "weight_decay": args.weight_decay,
             "logging_steps": args.logging_steps,
             "seed": args.seed,
-            "trainer_optim": args.trainer_optim,
+            "optim": args.optim,
             "bf16": args.bf16,
             "cpu": args.cpu,
             "random_encoder": args.random_encoder,

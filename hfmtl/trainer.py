@@ -163,6 +163,7 @@ class MultiTaskTrainer:
             weight_decay=args.weight_decay,
             betas=(args.adam_beta1, args.adam_beta2),
             eps=args.adam_epsilon,
+            fused=args.optim == "adamw_torch_fused" or None,  # None: torch picks foreach or the loop
         )
         warmup = args.warmup_steps or math.ceil(args.warmup_ratio * self.total_steps)
         # Not passed through `prepare`: Accelerate would step it once per process per step; here it
@@ -256,7 +257,7 @@ class MultiTaskTrainer:
         self.model.train()
         while state.global_step < self.total_steps:
             if self.config.balancing.step == "all_tasks":
-                all_tasks_step(self, step_tasks(self, state.global_step))
+                self._train_all_tasks_step(step_tasks(self, state.global_step))
             else:
                 self._train_step(self.sampler.next_task())
             state.global_step += 1
@@ -281,6 +282,9 @@ class MultiTaskTrainer:
 
     def _train_step(self, task_name: str) -> None:
         one_task_step(self, task_name)
+
+    def _train_all_tasks_step(self, task_names: list[str]) -> None:
+        all_tasks_step(self, task_names)
 
     def _record_losses(self, losses: dict[str, torch.Tensor]) -> None:
         # summed on device: no host sync per step; read once per logging window

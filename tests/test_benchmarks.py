@@ -91,6 +91,9 @@ def test_smoke_run_writes_every_measurement(tmp_path):
     # the Trainer was fed the very batches hfmtl was fed
     hfmtl, trainer = (results["runs"][n]["measurements"][0] for n in ("hfmtl_1task", "trainer_1task"))
     assert (hfmtl["tokens"], hfmtl["padded_tokens"]) == (trainer["tokens"], trainer["padded_tokens"])
+    # and stepped the same AdamW kernel (train.optim's default, the Trainer's too)
+    assert settings["optim"] == "adamw_torch_fused"
+    assert hfmtl["optimizer"] == trainer["optimizer"] and "fused" in hfmtl["optimizer"]
 
     # every part: both runs' medians and the ratio, positive and finite (their values are not asserted)
     assert set(results["parts"]) == set(throughput.PARTS)

@@ -186,6 +186,7 @@ def test_list_of_data_files_per_split(config_file: Path) -> None:
             ["sampling.strategy='foo'", "'proportional', 'temperature', 'uniform', 'round_robin', 'weights'"],
         ),
         (["train.lr_scheduler_type=exp"], ["train.lr_scheduler_type='exp'", "'linear', 'cosine'"]),
+        (["train.optim=sgd"], ["train.optim='sgd'", "'adamw_torch_fused', 'adamw_torch'"]),
         # negative / zero / out-of-range values
         (["train.learning_rate=-1e-5"], ["train.learning_rate=-1e-05", "must be > 0"]),
         (["train.max_steps=0"], ["train.max_steps=0", "must be > 0"]),
