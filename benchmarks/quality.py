@@ -363,6 +363,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="mrpc",
         help="The GLUE task of the Trainer cross-check; 'none' skips it (default mrpc).",
     )
+    parser.add_argument(
+        "--optim",
+        choices=["adamw_torch_fused", "adamw_torch"],
+        default="adamw_torch_fused",
+        help="AdamW kernel of every run, the Trainer's too (default adamw_torch_fused, train.optim's default).",
+    )
     parser.add_argument("--glue-config", default="configs/glue.yaml")
     parser.add_argument("--conll-config", default="configs/conll.yaml")
     parser.add_argument(
@@ -397,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = machine_and_versions() | {"settings": vars(args) | {"output_dir": str(root)}}
     glue = _budget(read_config(args.glue_config), args.steps, args.batch_size, args.smoke)
     conll = _budget(read_config(args.conll_config), args.conll_steps, args.conll_batch_size, args.smoke)
+    for config in (glue, conll):
+        config["train"]["optim"] = args.optim
     model = args.model
     if args.smoke and not model:
         model = tiny_encoder(root / "tiny-bert")

@@ -57,8 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--lookahead-lr",
         type=float,
         default=0.1,
-        help="SGD step size of the lookahead affinity (default 0.1: with a fine-tuning learning rate such as "
-        "5e-5 one plain SGD step barely moves any loss; Adam's steps are far larger than lr x gradient).",
+        help="SGD step size of the lookahead affinity (default 0.1, for a pretrained encoder with fresh heads: "
+        "with a fine-tuning learning rate such as 5e-5 one plain SGD step barely moves any loss; Adam's steps are "
+        "far larger than lr x gradient). For an already trained --model take about 0.001: 0.1 overshoots its "
+        "minimum and every loss rises (docs/task_relatedness.md).",
     )
     parser.add_argument("--target", help="Rank --sources for this task (LogME of its labels on each encoder).")
     parser.add_argument("--sources", nargs="*", default=[], metavar="NAME=PATH", help="Candidate source encoders.")
