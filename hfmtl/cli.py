@@ -22,7 +22,7 @@ import runpy
 import sys
 from pathlib import Path
 
-from .errors import HfmtlError
+from .errors import HfmtlError, exit_status_of
 from .export import export as export_task_dir
 from .hub import add_cli as add_hub_cli
 from .inference import add_cli as add_inference_cli
@@ -67,23 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     add_hub_cli(sub)  # hfmtl push
     if argv and argv[0] in _RECIPES and not any(a in ("-h", "--help") for a in argv[1:2]):
         command, rest = argv[0], argv[1:]
-        try:
-            if command in _CONFIG_FIRST:
-                if not rest or rest[0].startswith("-"):
-                    parser.error(f"hfmtl {command}: give the config file first: hfmtl {command} CONFIG [...]")
-                return _run_recipe(command, ["--config", rest[0], *rest[1:]])
-            return _run_recipe("eval", rest)
-        except HfmtlError as err:  # a user error: one line, no traceback
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        if command not in _CONFIG_FIRST:
+            return exit_status_of(lambda: _run_recipe("eval", rest))
+        if not rest or rest[0].startswith("-"):
+            parser.error(f"hfmtl {command}: give the config file first: hfmtl {command} CONFIG [...]")
+        return exit_status_of(lambda: _run_recipe(command, ["--config", rest[0], *rest[1:]]))
     if argv and argv[0] in _RECIPES:
         return _run_recipe(argv[0], ["--help"])
     args = parser.parse_args(argv)  # prints usage / help and exits on a bad command line
-    try:
-        return int(args.handler(args) or 0)
-    except HfmtlError as err:  # a user error: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return exit_status_of(lambda: args.handler(args))
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -7,6 +7,9 @@ of a traceback: the message itself must name the problem and how to fix it.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class HfmtlError(Exception):
     """Base class of the errors a user can fix (bad config, missing file, unknown task type...)."""
@@ -18,3 +21,19 @@ class ConfigError(HfmtlError, ValueError):
 
 class DataError(HfmtlError, ValueError):
     """A dataset is missing, empty, or lacks a column or a label the task needs."""
+
+
+def exit_status_of(main: Callable[[], int | None]) -> int:
+    """Run a command's `main` and return its exit status: what `main` returns (None: 0), or 2 after
+    printing a user error (an `HfmtlError`) as one line on stderr, without a traceback. The `hfmtl` CLI
+    and every recipe end this way.
+
+    Example:
+        >>> exit_status_of(lambda: 0)
+        0
+    """
+    try:
+        return int(main() or 0)
+    except HfmtlError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -26,7 +26,7 @@ from pathlib import Path
 import transformers
 from accelerate.utils import set_seed
 
-from hfmtl import HfmtlError, MultiTaskModel, build_task, load_config
+from hfmtl import MultiTaskModel, build_task, load_config
 from hfmtl.analysis import (
     GradientSimilarityTracker,
     extract_features,
@@ -37,7 +37,7 @@ from hfmtl.analysis import (
     rank_source_encoders,
 )
 from hfmtl.data import build_train_loader, load_tokenizer, prepare_task_data
-from hfmtl.errors import ConfigError
+from hfmtl.errors import ConfigError, exit_status_of
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -173,8 +173,4 @@ def _name_and_path(item: str) -> tuple[str, str]:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except HfmtlError as err:  # a user error: one line, no traceback, non-zero exit
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(exit_status_of(main))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from hfmtl import HfmtlError, load_config
+from hfmtl import load_config
 from hfmtl.checkpointing import write_json_atomic
 from hfmtl.cross_validation import (
     assign_folds,
@@ -39,7 +39,7 @@ from hfmtl.cross_validation import (
     summarize,
     write_fold_data,
 )
-from hfmtl.errors import ConfigError
+from hfmtl.errors import ConfigError, exit_status_of
 from hfmtl.run_setup import check_output_dir, logger, setup_logging
 from hfmtl.stages import stage_is_complete
 from hfmtl.trainer import build_accelerator
@@ -134,8 +134,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except HfmtlError as err:  # a user error: one line, no traceback, non-zero exit
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(exit_status_of(main))

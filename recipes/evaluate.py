@@ -18,9 +18,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from hfmtl import HfmtlError, MultiTaskModel, build_task, load_config
+from hfmtl import MultiTaskModel, build_task, load_config
 from hfmtl.data import build_eval_loader, prepare_task_data
-from hfmtl.errors import ConfigError
+from hfmtl.errors import ConfigError, exit_status_of
 from hfmtl.evaluation import evaluate_tasks
 from hfmtl.run_setup import setup_logging
 from hfmtl.trainer import build_accelerator
@@ -78,8 +78,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except HfmtlError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(exit_status_of(main))

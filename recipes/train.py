@@ -20,10 +20,11 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from hfmtl import HfmtlError, MultiTaskModel, build_task, load_config
+from hfmtl import MultiTaskModel, build_task, load_config
 from hfmtl.adapters import add_adapters
 from hfmtl.config import RunConfig, save_config
 from hfmtl.data import load_tokenizer, prepare_task_data
+from hfmtl.errors import exit_status_of
 from hfmtl.run_setup import check_output_dir, logger, setup_logging
 from hfmtl.stages import plan_stages, write_stages_summary
 from hfmtl.trainer import MultiTaskTrainer, build_accelerator
@@ -150,8 +151,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except HfmtlError as err:  # a user error: one line, no traceback, non-zero exit
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(exit_status_of(main))
