@@ -147,24 +147,9 @@ def _train_with_labelled_optimizer(recipe: dict, config, accelerator):
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        optimizer, scheduler = self.optimizer, self.scheduler
-        step, zero_grad, scheduler_step = optimizer.step, optimizer.zero_grad, scheduler.step
-
-        def optimizer_step(*a, **k):
-            from torch.profiler import record_function
-
-            with record_function("hfmtl/optimizer_step"):
-                return step(*a, **k)
-
-        def labelled_scheduler_step(*a, **k):
-            from torch.profiler import record_function
-
-            with record_function("hfmtl/optimizer_step"):
-                return scheduler_step(*a, **k)
-
-        optimizer.step = optimizer_step
-        optimizer.zero_grad = _labelled(zero_grad, "hfmtl/zero_grad")
-        scheduler.step = labelled_scheduler_step
+        self.optimizer.step = _labelled(self.optimizer.step, "hfmtl/optimizer_step")
+        self.optimizer.zero_grad = _labelled(self.optimizer.zero_grad, "hfmtl/zero_grad")
+        self.scheduler.step = _labelled(self.scheduler.step, "hfmtl/optimizer_step")
 
     MultiTaskTrainer.__init__ = init
     try:

@@ -15,7 +15,7 @@ last step):
              and peak memory.
 - conll      CoNLL-2003 NER alone vs NER + POS + chunk together (configs/conll.yaml), as the glue part.
 
-    python benchmarks/quality.py                              # every part (about 80 min on 2 CPU cores)
+    python benchmarks/quality.py                              # every part (over an hour on 2 CPU cores)
     python benchmarks/quality.py --parts balancing --methods equal uncertainty pcgrad cagrad
     python benchmarks/quality.py --smoke                      # a few steps of each on tiny data (CI)
 
@@ -168,6 +168,7 @@ def trainer_worker(spec_path: str) -> None:
     import contextlib
 
     import numpy as np
+    import torch
     from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments, set_seed
 
     from hfmtl import build_task
@@ -204,7 +205,7 @@ def trainer_worker(spec_path: str) -> None:
         save_strategy="no",
         logging_steps=t.logging_steps,
         report_to="none",
-        use_cpu=not __import__("torch").cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=data.train, processing_class=tokenizer)

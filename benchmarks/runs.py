@@ -5,6 +5,7 @@ Each training is its own process so that its peak memory and wall time are its o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -60,37 +61,41 @@ def run_cost(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def machine_and_versions() -> dict[str, Any]:
-    """Where and with what a benchmark ran, for its results file."""
-    import importlib.metadata
-
+def machine(device: str | None = None) -> dict[str, Any]:
+    """The machine a benchmark ran on; `device`: the torch device type its runs used, when one was chosen."""
     import torch
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    on_gpu = torch.cuda.is_available() and device in (None, "cuda")
+    return ({"device": device} if device else {}) | {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if on_gpu else None,
+        "platform": platform.platform(),
+    }
+
+
+def versions() -> dict[str, str | None]:
+    """Python, the packages a run depends on, and the git commit of the checkout."""
+    import importlib.metadata
+
+    found: dict[str, str | None] = {"python": platform.python_version()}
     for package in ("torch", "transformers", "accelerate", "datasets", "peft", "hfmtl"):
         try:
-            versions[package] = importlib.metadata.version(package)
+            found[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
+            found[package] = None
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": {
-            "cpu": cpu,
-            "cpu_cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
-        "versions": {"python": platform.python_version(), **versions, "git_commit": commit.stdout.strip() or None},
-    }
+    found["git_commit"] = commit.stdout.strip() if commit.returncode == 0 else None
+    return found
+
+
+def machine_and_versions() -> dict[str, Any]:
+    """Where and with what a benchmark ran, for its results file."""
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "versions": versions()}
 
 
 def random_encoder(directory: Path, **bert_config: int) -> str:

@@ -41,7 +41,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -52,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/runs.py, also when loaded by path
-from runs import MINILM, random_encoder, tiny_encoder  # noqa: E402
+from runs import MINILM, machine, random_encoder, tiny_encoder, versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE_HEADER = f"{'run':<26} {'examples/s':>11} {'tokens/s':>11} {'padding eff.':>12} {'peak MB':>9} {'TFLOP/s':>9}"
@@ -373,33 +372,6 @@ def worker(spec_path: str) -> None:
 # --- the benchmark: runs, alternating, then the tables ----------------------------------------------------
 
 
-def _machine(device: str) -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return {
-        "device": device,
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-        "platform": platform.platform(),
-    }
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib.metadata import version
-
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "accelerate", "datasets", "hfmtl"):
-        versions[name] = version(name)
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    versions["hfmtl_git_commit"] = git.stdout.strip() if git.returncode == 0 else None
-    return versions
-
-
 def _launch(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
     """One run in a fresh Python process; its result, plus the process's wall time."""
     spec_path = scratch / f"{spec['run']}_r{spec['repeat']}.json"
@@ -638,8 +610,8 @@ def main(argv: list[str] | None = None) -> int:
             run["measurements"].sort(key=lambda m: m["repeat"])
         results = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": _machine(device),
-            "versions": _versions(),
+            "machine": machine(device),
+            "versions": versions(),
             "settings": settings,
             "runs": runs,
             "parts": summarize(runs, args.parts),
