@@ -91,13 +91,12 @@ def profile(args: argparse.Namespace, model: str | None) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, schedule
 
     from hfmtl.config import config_from_dict
+    from hfmtl.engine import build_accelerator
     from hfmtl.modeling import MultiTaskModel
-    from hfmtl.run_setup import setup_logging
-    from hfmtl.trainer import MultiTaskTrainer, build_accelerator
+    from hfmtl.trainer import MultiTaskTrainer
 
     config = config_from_dict(_run_config(args, model))
     accelerator = build_accelerator(config, cpu=args.cpu)
-    setup_logging(accelerator)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if accelerator.device.type == "cuda" else [])
     profiler = torch.profiler.profile(
         activities=activities,

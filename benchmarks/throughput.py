@@ -254,12 +254,11 @@ def _run_hfmtl(spec: dict[str, Any]) -> dict[str, Any]:
     import runpy
 
     from hfmtl.config import config_from_dict
-    from hfmtl.run_setup import setup_logging
-    from hfmtl.trainer import MultiTaskTrainer, build_accelerator
+    from hfmtl.engine import build_accelerator
+    from hfmtl.trainer import MultiTaskTrainer
 
     config = config_from_dict(_run_config(spec))
     accelerator = build_accelerator(config, cpu=spec["cpu"])
-    setup_logging(accelerator)
     probe = _Probe(spec["warmup_steps"], spec["steps"])
     next_batch, train_step = MultiTaskTrainer._next_batch, MultiTaskTrainer._train_step
 

@@ -18,30 +18,22 @@ writes one task as a standard transformers model (see `hfmtl.export`).
 from __future__ import annotations
 
 import argparse
-import runpy
+import importlib
 import sys
-from pathlib import Path
 
-from .errors import HfmtlError, exit_status_of
+from .errors import exit_status_of
 from .export import export as export_task_dir
 from .hub import add_cli as add_hub_cli
 from .inference import add_cli as add_inference_cli
 
-_RECIPES = {"train": "train.py", "eval": "evaluate.py", "analyze": "analyze.py", "cv": "cv.py"}
+_RECIPES = {"train": "train", "eval": "evaluate", "analyze": "analyze", "cv": "cv"}
 _CONFIG_FIRST = ("train", "analyze", "cv")  # `hfmtl train CONFIG ...` is `recipes/train.py --config CONFIG ...`
 
 
-def _recipe_path(name: str) -> Path:
-    # recipes/ sits beside the package in a source checkout (pip install -e .)
-    path = Path(__file__).resolve().parent.parent / "recipes" / _RECIPES[name]
-    if not path.is_file():
-        raise HfmtlError(f"recipe {path} not found: `hfmtl {name}` needs hfmtl installed from a source checkout")
-    return path
-
-
 def _run_recipe(name: str, argv: list[str]) -> int:
-    recipe = runpy.run_path(str(_recipe_path(name)), run_name=f"hfmtl_recipe_{name}")
-    return int(recipe["main"](argv) or 0)
+    # recipes/ is installed as hfmtl.recipes (pyproject.toml): the same files in a checkout and a wheel
+    recipe = importlib.import_module(f"hfmtl.recipes.{_RECIPES[name]}")
+    return int(recipe.main(argv) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,8 @@ from .typed_config import _suggest, build_dataclass, check_choice, check_positiv
 
 POOLING_CHOICES = ("cls", "mean")
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
+# torch.compile's modes (https://pytorch.org/docs/stable/generated/torch.compile.html)
+COMPILE_MODE_CHOICES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SCHEDULER_CHOICES = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial")
 # AdamW implementations, named as transformers' TrainingArguments.optim names them
 OPTIM_CHOICES = ("adamw_torch_fused", "adamw_torch")
@@ -140,7 +142,26 @@ class TrainConfig:
     lr_scheduler_type: str = "linear"
     warmup_ratio: float = 0.0
     warmup_steps: int = field(default=0, metadata={"help": "Overrides warmup_ratio when > 0."})
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16 (through Accelerate)."})
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "no | fp16 | bf16 (through Accelerate). Unset: what `accelerate launch --mixed_precision` "
+            "or `accelerate config` says (else no). fp16 needs a GPU."
+        },
+    )
+    torch_compile: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Compile the model with torch.compile (Accelerate's dynamo plugin). Unset: what "
+            "`accelerate launch --dynamo_backend` says (else no); setting torch_compile_backend implies true."
+        },
+    )
+    torch_compile_backend: str | None = field(
+        default=None, metadata={"help": "torch.compile backend (default inductor), e.g. aot_eager, cudagraphs."}
+    )
+    torch_compile_mode: str | None = field(
+        default=None, metadata={"help": "torch.compile mode: default | reduce-overhead | max-autotune | ..."}
+    )
     eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (and always at the end)."})
     save_steps: int | None = field(default=None, metadata={"help": "Checkpoint every N steps; null: never."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep the last K checkpoints."})
@@ -192,7 +213,12 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
+        if self.mixed_precision is not None:
+            check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
+        if self.torch_compile_mode is not None:
+            check_choice("train.torch_compile_mode", self.torch_compile_mode, COMPILE_MODE_CHOICES)
+        if self.torch_compile is False and (self.torch_compile_backend or self.torch_compile_mode):
+            raise ConfigError("train.torch_compile=false with a torch_compile_backend/mode: drop one of them")
         check_choice("train.lr_scheduler_type", self.lr_scheduler_type, SCHEDULER_CHOICES)
         check_choice("train.optim", self.optim, OPTIM_CHOICES)
         for name in (
@@ -349,7 +375,16 @@ class RunConfig:
                         f"stages.{name}.tasks names unknown task {task_name!r}"
                         f"{_suggest(task_name, self.tasks)}; tasks are {sorted(self.tasks)}"
                     )
-            whole_run = ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "mixed_precision")
+            # one Accelerator state serves every stage: precision and compilation are the run's
+            whole_run = (
+                "output_dir",
+                "resume_from_checkpoint",
+                "overwrite_output_dir",
+                "mixed_precision",
+                "torch_compile",
+                "torch_compile_backend",
+                "torch_compile_mode",
+            )
             for key in (*whole_run, "push_to_hub", "hub_model_id"):
                 if key in stage.train:
                     raise ConfigError(f"stages.{name}.train.{key} is set for the whole run: move it to `train:`")

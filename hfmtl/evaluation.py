@@ -11,6 +11,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from .data import TaskData
+from .metrics import greater_is_better
 from .tasks import Task
 
 
@@ -19,7 +20,8 @@ def evaluate_tasks(
     model, tasks: dict[str, Task], data: dict[str, TaskData], eval_loaders: dict, accelerator: Accelerator
 ) -> dict[str, float]:
     """Every task's metrics on its eval split, as ``eval/<task>/<metric>``, plus ``eval/mean``: the mean
-    over tasks of each task's main metric.
+    over tasks of each task's main metric, negated where lower is better (so a higher ``eval/mean`` is
+    always better, and picks the best checkpoint).
 
     Args:
         model: a prepared `MultiTaskModel`.
@@ -45,10 +47,31 @@ def evaluate_tasks(
             outputs.append({k: v.cpu().numpy() for k, v in gathered.items()})
         metrics = task.compute_metrics(outputs, data[name].eval_features, data[name].eval_examples)
         task.check_main_metric(metrics)
-        main_values.append(metrics[task.main_metric])
+        main_values.append(task.signed_main_metric(metrics))
         results.update({f"eval/{name}/{k}": float(v) for k, v in metrics.items()})
     if main_values:
         results["eval/mean"] = float(np.mean(main_values))
     if was_training:
         model.train()
     return results
+
+
+def metric_directions(tasks: dict[str, Task], keys: list[str]) -> dict[str, bool]:
+    """``{key: greater_is_better}`` for the logged evaluation keys whose direction is known: each task's
+    main metric as the task declares it, the others as `hfmtl.metrics` knows them, ``eval/mean`` True.
+
+    Example:
+        >>> metric_directions({}, ["eval/mean"])
+        {'eval/mean': True}
+    """
+    directions: dict[str, bool] = {}
+    for key in keys:
+        if key == "eval/mean":
+            directions[key] = True
+            continue
+        _, task_name, metric = key.split("/", 2)
+        task = tasks.get(task_name)
+        known = task.greater_is_better if task is not None and metric == task.main_metric else greater_is_better(metric)
+        if known is not None:
+            directions[key] = known
+    return directions

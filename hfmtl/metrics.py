@@ -78,6 +78,12 @@ def _mse(predictions, references, **_: Any) -> dict[str, float]:
     return {"mse": float(mean_squared_error(references, predictions))}
 
 
+def _mae(predictions, references, **_: Any) -> dict[str, float]:
+    from sklearn.metrics import mean_absolute_error
+
+    return {"mae": float(mean_absolute_error(references, predictions))}
+
+
 def _seqeval(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]], **_: Any):
     """Entity-level precision/recall/F1 over IOB tag sequences (CoNLL convention), plus token accuracy."""
     from seqeval import metrics as sm
@@ -138,9 +144,65 @@ METRICS: dict[str, Callable[..., dict[str, float]]] = {
     "pearson": _pearson,
     "spearman": _spearman,
     "mse": _mse,
+    "mae": _mae,
     "seqeval": _seqeval,
     "squad": _squad,
 }
+
+
+# Which way each metric key is better. Every key the built-in metrics return is listed, and the
+# common `evaluate` ones; the direction of any other key must be declared
+# (``tasks.<task>.greater_is_better``) before it can choose a best checkpoint.
+LOWER_IS_BETTER = frozenset({"mse", "mae", "rmse", "loss", "wer", "cer", "ter", "perplexity"})
+HIGHER_IS_BETTER = frozenset(
+    {
+        "accuracy",
+        "f1",
+        "precision",
+        "recall",
+        "matthews_correlation",
+        "pearson",
+        "spearman",
+        "exact_match",
+        "bleu",
+        "google_bleu",
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "rougeLsum",
+        "meteor",
+        "chrf",
+        "r_squared",
+    }
+)
+
+
+def greater_is_better(key: str) -> bool | None:
+    """Whether a higher value of metric `key` is better; None when hfmtl does not know the key.
+
+    Example:
+        >>> greater_is_better("accuracy"), greater_is_better("mse"), greater_is_better("my_score")
+        (True, False, None)
+    """
+    if key in LOWER_IS_BETTER:
+        return False
+    if key in HIGHER_IS_BETTER:
+        return True
+    return None
+
+
+def metric_key(name: str) -> str:
+    """The key a metric name most likely returns: itself, or for ``evaluate:<name or path>`` the
+    module's name (``evaluate:./metrics/mae.py`` -> ``mae``).
+
+    Example:
+        >>> metric_key("evaluate:./metrics/mae.py"), metric_key("accuracy")
+        ('mae', 'accuracy')
+    """
+    if not name.startswith("evaluate:"):
+        return name
+    module = name.removeprefix("evaluate:").rstrip("/").split("/")[-1]
+    return module.removesuffix(".py")
 
 
 def check_metric_name(key: str, name: str) -> None:

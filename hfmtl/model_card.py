@@ -263,18 +263,28 @@ def _tasks_section(saved: SavedModel, evaluation: dict[str, Any] | None) -> list
     if evaluation is not None:
         splits = {(saved.section("tasks").get(t) or {}).get("eval_split") or "validation" for t in saved.tasks}
         total = ((saved.metrics or {}).get("train") or {}).get("steps")
-        mean = f", the best by `eval/mean` = {evaluation['eval/mean']:.4f}" if "eval/mean" in evaluation else ""
+        mean = (
+            f", the best by `eval/mean` = {evaluation['eval/mean']:.4f} (the mean of the tasks' main metrics, "
+            "each negated where lower is better)"
+            if "eval/mean" in evaluation
+            else ""
+        )
         lines += [
             f"Dev metrics of these weights: the evaluation at step {evaluation['step']}"
             f"{f' of {total}' if total else ''}{mean}, on each task's "
             f"{'/'.join(f'`{s}`' for s in sorted(splits))} split.",
             "",
         ]
-    lines += ["| task | type | predicts | dev metrics |", "|---|---|---|---|"]
+    directions = (saved.metrics or {}).get("greater_is_better") or {}
+    arrows = {True: " ↑", False: " ↓"}
+    lines += ["| task | type | predicts | dev metrics (↑ higher is better, ↓ lower) |", "|---|---|---|---|"]
     for task_name, spec in saved.tasks.items():
         prefix = f"eval/{task_name}/"
-        values = {k[len(prefix) :]: v for k, v in (evaluation or {}).items() if k.startswith(prefix)}
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items()) or "not evaluated"
+        values = {k: v for k, v in (evaluation or {}).items() if k.startswith(prefix)}
+        shown = (
+            ", ".join(f"{k[len(prefix) :]}{arrows.get(directions.get(k), '')} {v:.4f}" for k, v in values.items())
+            or "not evaluated"
+        )
         lines.append(f"| `{task_name}` | {spec['type']} | {_labels(spec)} | {shown} |")
     return [*lines, ""]
 
@@ -377,12 +387,13 @@ def _training_section(saved: SavedModel, lineage: list[SavedModel], source: str 
         f"- Encoder: `{model.get('name_or_path')}`"
         + (f", initialised from `{model['init_from']}`" if model.get("init_from") else "")
         + f"; {model.get('pooling', 'cls')} pooling, max length {model.get('max_length')}.",
-        f"- Task sampling: {_sampling_text(sampling)}.",
+        f"- {_steps_text(sampling, saved.section('balancing'))}.",
         f"- {steps if steps else train.get('num_train_epochs')} {'steps' if steps else 'epochs'}, learning rate "
         f"{train.get('learning_rate')} ({train.get('lr_scheduler_type', 'linear')} schedule, {warmup_text}), "
         f"batch size {train.get('per_device_train_batch_size')} per device"
         f" (gradient accumulation {train.get('gradient_accumulation_steps', 1)}), weight decay "
-        f"{train.get('weight_decay')}, seed {train.get('seed')}, mixed precision {train.get('mixed_precision')}.",
+        f"{train.get('weight_decay')}, seed {train.get('seed')}.",
+        f"- {_engine_text(train, (saved.metrics or {}).get('train') or {})}.",
     ]
     frozen = {k: train[k] for k in _FREEZING_KEYS if train.get(k)}
     if frozen:
@@ -433,10 +444,37 @@ def _sampling_text(sampling: dict[str, Any]) -> str:
     strategy = sampling.get("strategy", "proportional")
     if strategy == "temperature":
         cap = f", examples capped at {sampling['max_examples']}" if sampling.get("max_examples") else ""
-        return f"temperature (T = {sampling.get('temperature')}{cap}), one task per optimizer step"
+        return f"temperature (T = {sampling.get('temperature')}{cap})"
     if strategy == "weights":
-        return f"fixed weights {sampling.get('weights')}, one task per optimizer step"
-    return f"{strategy.replace('_', '-')}, one task per optimizer step"
+        return f"fixed weights {sampling.get('weights')}"
+    return strategy.replace("_", "-")
+
+
+def _steps_text(sampling: dict[str, Any], balancing: dict[str, Any]) -> str:
+    """What one optimizer step trained, as the run's balancing and sampling sections say."""
+    method = balancing.get("method", "equal")
+    options = f" {json.dumps(balancing['options'], sort_keys=True)}" if balancing.get("options") else ""
+    if balancing.get("step", "one_task") == "all_tasks":
+        subset = balancing.get("tasks_per_step")
+        which = (
+            f"{subset} tasks drawn by {_sampling_text(sampling)} sampling, a batch of each"
+            if subset
+            else "every task, a batch of each"
+        )
+        return f"Each optimizer step trained {which}, balanced by `{method}`{options}"
+    weighting = f", its loss weighted by `{method}`{options}" if method != "equal" else ""
+    return f"Task sampling: {_sampling_text(sampling)}, one task per optimizer step{weighting}"
+
+
+def _engine_text(train: dict[str, Any], used: dict[str, Any]) -> str:
+    """Precision, compilation and processes as the run used them (metrics.json records them; the config
+    may have left them to the launcher)."""
+    if "mixed_precision" not in used:  # a run from before hfmtl recorded them, or one in progress
+        precision = train.get("mixed_precision") or "as the launcher set it (not recorded)"
+        return f"Mixed precision: {precision}"
+    compiled = f"compiled with torch.compile ({used['torch_compile']})" if used.get("torch_compile") else "not compiled"
+    processes = used.get("num_processes", 1)
+    return f"Mixed precision: {used['mixed_precision']}; {compiled}; {processes} process{'es' if processes > 1 else ''}"
 
 
 def _data_text(task_run: dict[str, Any], train: dict[str, Any]) -> str:

@@ -276,6 +276,8 @@ class MultiTaskModel(PreTrainedModel):
         if self.config.peft:
             adapters.save_adapters_and_heads(self, save_directory)
             return
+        if kwargs.get("state_dict") is not None:
+            kwargs["state_dict"] = without_compile_prefix(kwargs["state_dict"])
         super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
@@ -313,6 +315,20 @@ class MultiTaskModel(PreTrainedModel):
             adapters.load_weights_into(self, directory)
         else:
             self.load_state_dict(load_file(str(Path(directory) / "model.safetensors")))
+
+
+def without_compile_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """`state_dict` with torch.compile's ``_orig_mod.`` taken out of every key.
+
+    A state dict read through a compiled model (whole, or compiled region by region) names each
+    parameter under ``_orig_mod.``; saved like that, `from_pretrained` would match no key and leave every
+    weight at its random initialisation.
+
+    Example:
+        >>> list(without_compile_prefix({"_orig_mod.heads.a.weight": 1, "encoder.layer.0._orig_mod.x": 2}))
+        ['heads.a.weight', 'encoder.layer.0.x']
+    """
+    return {key.replace("_orig_mod.", ""): value for key, value in state_dict.items()}
 
 
 _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "subfolder")

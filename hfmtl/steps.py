@@ -158,7 +158,7 @@ def _finish_micro_step(trainer: MultiTaskTrainer) -> None:
             acc.clip_grad_norm_(trainer.model.parameters(), args.max_grad_norm)
     trainer.optimizer.step()
     if acc.sync_gradients:  # AdaLoRA re-allocates its ranks from this step's gradients
-        update_adalora_budget(acc.unwrap_model(trainer.model), trainer.state.global_step)
+        update_adalora_budget(trainer.unwrapped_model(), trainer.state.global_step)
     if acc.sync_gradients and not acc.optimizer_step_was_skipped:
         trainer.scheduler.step()
     trainer.optimizer.zero_grad(set_to_none=True)

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -33,7 +32,8 @@ from .analysis import GradientSimilarityTracker, heatmap
 from .checkpointing import TrainingState, resolve_resume_path, save_checkpoint, write_json_atomic
 from .config import RunConfig
 from .data import TaskData, build_eval_loader, build_train_loader
-from .evaluation import evaluate_tasks
+from .engine import compile_backend
+from .evaluation import evaluate_tasks, metric_directions
 from .freezing import GradualUnfreezer, build_param_groups, freeze_encoder_parts
 from .hub import TrainingPusher
 from .model_card import write_model_card
@@ -45,29 +45,6 @@ from .tasks import Task
 logger = logging.getLogger("hfmtl")
 
 
-def build_accelerator(config: RunConfig, cpu: bool = False) -> Accelerator:
-    """The run's Accelerator: precision, accumulation and trackers from the config.
-
-    Args:
-        config: the run config.
-        cpu: force the CPU (also for several processes: gloo DDP on CPU).
-    """
-    train = config.train
-    return Accelerator(
-        cpu=cpu,
-        mixed_precision=train.mixed_precision,
-        # the loop, not the dataloader, decides when an accumulation window ends: several task loaders
-        # run out at different times, and a loader's end must not force an early optimizer step
-        gradient_accumulation_plugin=GradientAccumulationPlugin(
-            num_steps=train.gradient_accumulation_steps, sync_with_dataloader=False
-        ),
-        # the heads of the tasks not drawn at a step get no gradient; DDP must be told so
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(config.tasks) > 1)],
-        log_with=train.report_to or None,
-        project_dir=train.output_dir,
-    )
-
-
 class MultiTaskTrainer:
     """Trains a `MultiTaskModel` on several tasks with Accelerate.
 
@@ -77,7 +54,7 @@ class MultiTaskTrainer:
         data: task_name -> its tokenized `TaskData`.
         tokenizer: used by the collators.
         config: the run config (`train` and `sampling` sections are used here).
-        accelerator: from `build_accelerator`.
+        accelerator: from `hfmtl.engine.build_accelerator`.
     """
 
     def __init__(
@@ -129,6 +106,8 @@ class MultiTaskTrainer:
             if d.eval_features is not None
         }
 
+        # a main metric of unknown direction is an error now, not at the first evaluation
+        self.greater_is_better = {name: tasks[name].greater_is_better for name in eval_loaders}
         if args.freezes_encoder_parts:
             frozen = freeze_encoder_parts(
                 model, embeddings=args.freeze_embeddings, bottom_layers=args.freeze_layers, encoder=args.freeze_encoder
@@ -297,7 +276,7 @@ class MultiTaskTrainer:
         device = self.accelerator.device
         probes = {n: {k: v.to(device) for k, v in b.items()} for n, b in self._probes.items()}
         with self.accelerator.autocast():
-            matrix = self.similarity.record(step, self.accelerator.unwrap_model(self.model), probes)
+            matrix = self.similarity.record(step, self.unwrapped_model(), probes)
         logger.info("gradient cosine at step %d: %s", step, [[round(float(v), 3) for v in row] for row in matrix])
 
     def _log_train(self, step: int) -> dict[str, float]:
@@ -340,13 +319,17 @@ class MultiTaskTrainer:
 
     # --- output ----------------------------------------------------------------------------------------
 
+    def unwrapped_model(self):
+        """The bare `MultiTaskModel` (no DDP wrapper, no torch.compile wrapper): what is saved and loaded."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
     def _save_model_atomic(self, directory: Path) -> None:
         acc = self.accelerator
         state_dict = acc.get_state_dict(self.model)  # collective under some backends: every process
         if acc.is_main_process:
             tmp = directory.with_name(directory.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=state_dict)
+            self.unwrapped_model().save_pretrained(tmp, state_dict=state_dict)
             shutil.rmtree(directory, ignore_errors=True)
             os.replace(tmp, directory)
         acc.wait_for_everyone()
@@ -358,6 +341,9 @@ class MultiTaskTrainer:
             "history": self.history,
             "best": {"step": self.state.best_step, "eval/mean": self.state.best_metric},
             "main_metrics": {name: task.main_metric for name, task in self.tasks.items()},
+            "greater_is_better": metric_directions(
+                self.tasks, list(dict.fromkeys(k for e in self.history for k in e if k.startswith("eval/")))
+            ),
         }
         if hasattr(self, "_train_runtime"):
             data["train"] = {
@@ -365,6 +351,10 @@ class MultiTaskTrainer:
                 "runtime_seconds": round(self._train_runtime, 1),
                 "evaluation_seconds": round(self._eval_seconds, 1),
                 "peak_memory_mb": round(peak_memory_mb(self.accelerator.device)),
+                # what the run really used (the config may leave these to the launcher)
+                "mixed_precision": self.accelerator.mixed_precision,
+                "torch_compile": compile_backend(self.accelerator),
+                "num_processes": self.accelerator.num_processes,
             }
         write_json_atomic(self.output_dir / "metrics.json", data)
 
@@ -379,7 +369,7 @@ class MultiTaskTrainer:
         acc = self.accelerator
         best = self.output_dir / "best"
         if self.args.load_best_model_at_end and (best / "config.json").is_file():
-            acc.unwrap_model(self.model).load_weights(best)
+            self.unwrapped_model().load_weights(best)
             logger.info(
                 "Loaded the best model (step %s, eval/mean %.4f)",
                 self.state.best_step,
@@ -411,6 +401,6 @@ class MultiTaskTrainer:
         acc = self.accelerator
         state_dict = acc.get_state_dict(self.model)
         if acc.is_main_process:
-            acc.unwrap_model(self.model).save_pretrained(directory, state_dict=state_dict)
+            self.unwrapped_model().save_pretrained(directory, state_dict=state_dict)
             self.tokenizer.save_pretrained(directory)
         acc.wait_for_everyone()

@@ -91,7 +91,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 pass
         raise ConfigError(f"{key}={value!r} must be a number")
     if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/yes/off/on as a boolean
+            raise ConfigError(f"{key}={value!r} must be a string: quote it (YAML reads no/yes/off/on as false/true)")
+        if isinstance(value, (str, int, float)):
             return str(value)
         raise ConfigError(f"{key}={value!r} must be a string")
     if dataclasses.is_dataclass(hint):

@@ -39,10 +39,10 @@ from hfmtl.cross_validation import (
     summarize,
     write_fold_data,
 )
+from hfmtl.engine import build_accelerator
 from hfmtl.errors import ConfigError, exit_status_of
-from hfmtl.run_setup import check_output_dir, logger, setup_logging
+from hfmtl.run_setup import check_output_dir, logger
 from hfmtl.stages import stage_is_complete
-from hfmtl.trainer import build_accelerator
 
 # the one training loop of the project, shared with `hfmtl train`
 train_stage = runpy.run_path(str(Path(__file__).with_name("train.py")), run_name="hfmtl_recipe_train")["train_stage"]
@@ -97,7 +97,6 @@ def run(args: argparse.Namespace) -> dict:
             print(f"Fold {k} finished in an earlier run: skipped ({fold.train.output_dir})")
             continue
         accelerator = build_accelerator(fold, cpu=args.cpu)
-        setup_logging(accelerator)
         logger.info("=== fold %d of %d: held out %s ===", k, args.folds, {n: len(f[k]) for n, f in folds.items()})
         if accelerator.is_main_process:
             write_fold_data(rows, folds, k, output)

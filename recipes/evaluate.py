@@ -20,10 +20,9 @@ from transformers import AutoTokenizer
 
 from hfmtl import MultiTaskModel, build_task, load_config
 from hfmtl.data import build_eval_loader, prepare_task_data
+from hfmtl.engine import build_accelerator
 from hfmtl.errors import ConfigError, exit_status_of
 from hfmtl.evaluation import evaluate_tasks
-from hfmtl.run_setup import setup_logging
-from hfmtl.trainer import build_accelerator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
     accelerator = build_accelerator(config, cpu=args.cpu)
-    setup_logging(accelerator)
 
     # The saved model and its tokenizer; every configured task needs a head in it.
     try:

@@ -24,10 +24,11 @@ from hfmtl import MultiTaskModel, build_task, load_config
 from hfmtl.adapters import add_adapters
 from hfmtl.config import RunConfig, save_config
 from hfmtl.data import load_tokenizer, prepare_task_data
+from hfmtl.engine import build_accelerator
 from hfmtl.errors import exit_status_of
 from hfmtl.run_setup import check_output_dir, logger, setup_logging
 from hfmtl.stages import plan_stages, write_stages_summary
-from hfmtl.trainer import MultiTaskTrainer, build_accelerator
+from hfmtl.trainer import MultiTaskTrainer
 from hfmtl.transfer import initialize_from
 
 
@@ -63,10 +64,10 @@ def run(args: argparse.Namespace) -> MultiTaskTrainer:
         if stage.skip:
             print(f"Stage {stage.name!r} finished in an earlier run: skipped ({stage.output_dir})")
             continue
-        # 2. Accelerate owns devices, processes and precision (one Accelerator per stage: its own
-        #    trackers, checkpoints and DDP settings; the process group lives on until the end).
+        # 2. Accelerate owns devices, processes, precision and compilation: the config's settings, else
+        #    the launcher's (one Accelerator per stage: its own trackers, checkpoints and DDP settings;
+        #    the process group lives on until the end). Logging starts with it.
         accelerator = build_accelerator(stage.config, cpu=args.cpu)
-        setup_logging(accelerator)
         if stage.name is not None:
             logger.info("=== stage %r: tasks %s ===", stage.name, list(stage.config.tasks))
         trainer = train_stage(stage.config, accelerator)

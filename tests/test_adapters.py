@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import MINILM, TASK_CONFIGS, make_config, run_recipe, write_config
+from conftest import MINILM, TASK_CONFIGS, assert_reloaded_logits_equal, make_config, run_recipe, write_config
 from transformers import BertModel
 
 import hfmtl
@@ -165,9 +165,9 @@ def test_save_then_load_gives_identical_logits(tiny_encoder_dir, tmp_path, mode,
     assert reloaded.config.peft == saved
     for task in SPECS:
         logits = reloaded(task=task, **batch).logits
-        assert torch.equal(logits, expected[task]), task
+        assert_reloaded_logits_equal(logits, expected[task])
     # the perturbed adapters are what was saved: the bare encoder encodes otherwise
-    assert torch.equal(reloaded(task="cls", **batch).hidden_states, hidden)
+    assert_reloaded_logits_equal(reloaded(task="cls", **batch).hidden_states, hidden)
     bare = build(tiny_encoder_dir, None).eval()
     assert (bare(task="cls", **batch).hidden_states - hidden).abs().max() > 0.1
 
@@ -406,7 +406,7 @@ def test_other_peft_methods_build_train_and_reload(tiny_encoder_dir, tmp_path, m
     assert (tmp_path / "adapters" / "adapter_model.safetensors").is_file()
     reloaded = MultiTaskModel.from_pretrained(tmp_path)
     for task in SPECS:
-        assert torch.equal(reloaded(task=task, **batch).logits, expected[task]), task
+        assert_reloaded_logits_equal(reloaded(task=task, **batch).logits, expected[task])
 
 
 # --- 7. errors -------------------------------------------------------------------------------------------
@@ -494,4 +494,4 @@ def test_recipe_with_per_task_lora_saves_adapters_and_heads(tiny_encoder_dir, tm
     reloaded = MultiTaskModel.from_pretrained(out)
     batch = {k: v[:, :8] for k, v in make_batch(rows=2).items()}
     for task in ("rte", "stsb"):
-        assert torch.equal(reloaded(task=task, **batch).logits, model(task=task, **batch).logits), task
+        assert_reloaded_logits_equal(reloaded(task=task, **batch).logits, model(task=task, **batch).logits)

@@ -286,6 +286,25 @@ def test_a_staged_run_card_lists_its_stages_and_the_root_is_refused(saved, tmp_p
         build_model_card(root)
 
 
+def test_card_says_what_each_step_trained_and_what_the_run_used(saved, tmp_path):
+    def all_tasks_pcgrad(run):
+        run["balancing"] = {"step": "all_tasks", "method": "pcgrad", "options": {}, "tasks_per_step": None}
+
+    def used(metrics):
+        metrics["train"].update(mixed_precision="bf16", torch_compile="inductor", num_processes=2)
+        metrics["greater_is_better"] = {"eval/rte/accuracy": True, "eval/stsb/pearson": True, "eval/mean": True}
+
+    card = build_model_card(card_only_copy(saved["plain"], tmp_path / "a", run=all_tasks_pcgrad, metrics=used)).text
+    assert "- Each optimizer step trained every task, a batch of each, balanced by `pcgrad`." in card
+    assert "one task per optimizer step" not in card
+    assert "- Mixed precision: bf16; compiled with torch.compile (inductor); 2 processes." in card
+    assert "accuracy ↑ 0.6250" in card and "pearson ↑ 0.2500" in card
+
+    default = build_model_card(saved["plain"]).text
+    assert "one task per optimizer step" in default and "Each optimizer step" not in default
+    assert "Mixed precision: as the launcher set it (not recorded)" in default  # metrics.json has no record
+
+
 def test_usage_snippet_runs_against_the_saved_model(saved, tmp_path, capsys):
     for name, model_dir in saved.items():
         text = build_model_card(model_dir, repo_id=REPO).text

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hfmtl.errors import ConfigError
-from hfmtl.metrics import METRICS, check_metric_name, compute_metric, normalize_answer
+from hfmtl.metrics import METRICS, check_metric_name, compute_metric, greater_is_better, metric_key, normalize_answer
 
 BUILT_IN = {
     "accuracy",
@@ -23,6 +23,7 @@ BUILT_IN = {
     "pearson",
     "spearman",
     "mse",
+    "mae",
     "seqeval",
     "squad",
 }
@@ -180,6 +181,41 @@ def test_mse() -> None:
     # squared errors 0.25, 0.25, 0 -> mean 1/6
     assert compute_metric("mse", [1.0, 2.5, 4.0], [1.5, 2.0, 4.0]) == pytest.approx({"mse": 1 / 6})
     assert compute_metric("mse", [1.0, 2.0], [1.0, 2.0]) == {"mse": 0.0}
+
+
+def test_mae() -> None:
+    # absolute errors 0.5, 0.5, 0 -> mean 1/3
+    assert compute_metric("mae", [1.0, 2.5, 4.0], [1.5, 2.0, 4.0]) == pytest.approx({"mae": 1 / 3})
+
+
+SAMPLE_INPUTS = {
+    "accuracy": ([1, 0], [1, 1]),
+    "f1": ([1, 0], [1, 1]),
+    "precision": ([1, 0], [1, 1]),
+    "recall": ([1, 0], [1, 1]),
+    "matthews_correlation": ([1, 0, 1], [1, 0, 0]),
+    "pearson": ([1.0, 2.0, 3.5], [1.0, 2.5, 3.0]),
+    "spearman": ([1.0, 2.0, 3.5], [1.0, 2.5, 3.0]),
+    "mse": ([1.0], [2.0]),
+    "mae": ([1.0], [2.0]),
+    "seqeval": ([["B-PER", "O"]], [["B-PER", "O"]]),
+    "squad": ({"q": "Paris"}, {"q": ["Paris"]}),
+}
+LOWER_IS_BETTER_KEYS = {"mse", "mae"}
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_IN))
+def test_every_key_of_every_built_in_metric_knows_its_direction(name: str) -> None:
+    # best-checkpoint choice and eval/mean read the direction of each key a metric returns
+    keys = compute_metric(name, *SAMPLE_INPUTS[name])
+    assert {key: greater_is_better(key) for key in keys} == {key: key not in LOWER_IS_BETTER_KEYS for key in keys}
+
+
+def test_an_unknown_key_has_no_direction_and_evaluate_names_give_their_module_key() -> None:
+    assert greater_is_better("my_score") is None
+    assert greater_is_better("loss") is False
+    assert metric_key("evaluate:./metrics/my_score.py") == "my_score"
+    assert metric_key("evaluate:mae") == "mae"
 
 
 # ------------------------------------------------------------------------------------------------

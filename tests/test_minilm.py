@@ -7,9 +7,8 @@ import json
 import runpy
 
 import pytest
-import torch
 import transformers
-from conftest import MINILM, REPO_ROOT
+from conftest import MINILM, REPO_ROOT, assert_reloaded_logits_equal
 
 import hfmtl
 
@@ -46,5 +45,5 @@ def test_tiny_config_on_minilm_trains_and_reloads(tmp_path, monkeypatch):
     batch = tokenizer(["EU rejects German call to boycott British lamb ."], return_tensors="pt")
     model.eval()
     for task in ("rte", "stsb", "ner"):
-        assert torch.equal(model(task=task, **batch).logits, reloaded(task=task, **batch).logits)
+        assert_reloaded_logits_equal(reloaded(task=task, **batch).logits, model(task=task, **batch).logits)
     assert isinstance(reloaded, hfmtl.MultiTaskModel)

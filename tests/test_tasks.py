@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import TASK_CONFIGS
+from conftest import TASK_CONFIGS, assert_reloaded_logits_equal
 from torch.nn import functional as F
 
 import hfmtl
 from hfmtl.data import build_eval_loader, load_raw_splits, prepare_task_data
-from hfmtl.errors import DataError
+from hfmtl.errors import ConfigError, DataError
 from hfmtl.evaluation import evaluate_tasks
 from hfmtl.tasks import task_config_from_dict
 
@@ -186,7 +186,20 @@ def test_saved_model_reloads_through_automodel_with_identical_logits(
     assert reloaded.config.tasks == model.config.tasks == {task_name: task.head_spec()}
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert actual.shape == expected.shape
-    assert torch.equal(actual, expected)
+    assert_reloaded_logits_equal(actual, expected)
+
+
+def test_a_main_metric_of_unknown_direction_must_be_declared():
+    config = task_config_from_dict("sts", {**TASK_CONFIGS["stsb"], "metrics": ["evaluate:./metrics/closeness.py"]})
+    task = hfmtl.build_task("sts", config)
+    assert task.main_metric == "closeness"
+    with pytest.raises(ConfigError, match=r"tasks.sts.main_metric='closeness'.*set tasks.sts.greater_is_better"):
+        _ = task.greater_is_better
+    config.greater_is_better = False
+    assert task.greater_is_better is False
+    assert task.signed_main_metric({"closeness": 0.25}) == -0.25
+    mse = hfmtl.build_task("sts", task_config_from_dict("sts", {**TASK_CONFIGS["stsb"], "metrics": ["mse"]}))
+    assert mse.greater_is_better is False and mse.signed_main_metric({"mse": 0.5}) == -0.5
 
 
 def test_from_encoder_keeps_the_pretrained_encoder_weights(tiny_encoder_dir):

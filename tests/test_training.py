@@ -11,7 +11,14 @@ import pytest
 import torch
 import transformers
 import yaml
-from conftest import TASK_CONFIGS, make_config, reset_accelerate_state, run_recipe, write_config
+from conftest import (
+    TASK_CONFIGS,
+    assert_reloaded_logits_equal,
+    make_config,
+    reset_accelerate_state,
+    run_recipe,
+    write_config,
+)
 from safetensors.torch import load_file
 
 import hfmtl
@@ -51,11 +58,33 @@ def test_run_writes_a_reloadable_model_and_its_records(tiny_encoder_dir, tmp_pat
     reloaded = transformers.AutoModel.from_pretrained(out).eval()
     assert isinstance(reloaded, hfmtl.MultiTaskModel)
     model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    saved = load_file(out / "model.safetensors")
+    assert [k for k, v in model.state_dict().items() if not torch.equal(v, saved[k])] == []
     batch = {"input_ids": torch.tensor([[101, 7592, 2088, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
     for task in ("rte", "ner"):
-        assert torch.equal(model(task=task, **batch).logits, reloaded(task=task, **batch).logits)
+        assert_reloaded_logits_equal(reloaded(task=task, **batch).logits, model(task=task, **batch).logits)
     # and it holds the weights of the best evaluation
     assert f"Loaded the best model (step {best['step']}," in (out / "train.log").read_text()
+
+
+def test_a_lower_is_better_main_metric_keeps_its_lowest_checkpoint(tiny_encoder_dir, tmp_path):
+    stsb = {**TASK_CONFIGS["stsb"], "metrics": ["mse", "pearson"]}  # main metric: mse
+    out = tmp_path / "out"
+    cfg = write_config(
+        tmp_path / "run.yaml", make_config(tiny_encoder_dir, out, {"stsb": stsb}, max_steps=12, eval_steps=2)
+    )
+    trainer = run_recipe(cfg)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = metrics["history"]
+    assert len({e["eval/stsb/mse"] for e in history}) > 1  # the choice of a checkpoint matters
+    lowest = min(history, key=lambda e: e["eval/stsb/mse"])
+    assert metrics["best"]["step"] == lowest["step"]
+    assert all(e["eval/mean"] == pytest.approx(-e["eval/stsb/mse"]) for e in history)
+    assert metrics["greater_is_better"] == {"eval/stsb/mse": False, "eval/stsb/pearson": True, "eval/mean": True}
+    # the saved weights are the lowest-mse step's
+    assert trainer.evaluate()["eval/stsb/mse"] == pytest.approx(lowest["eval/stsb/mse"], rel=1e-5)
+    assert f"mse ↓ {lowest['eval/stsb/mse']:.4f}" in (out / "README.md").read_text()
 
 
 def _train_with_interrupt(monkeypatch, trainer_cls, stop_at: int) -> None:

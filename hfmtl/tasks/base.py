@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from ..metrics import compute_metric
+from ..metrics import compute_metric, greater_is_better, metric_key
 from ..typed_config import check_positive
 
 
@@ -55,6 +55,13 @@ class TaskConfig:
     )
     main_metric: str | None = field(
         default=None, metadata={"help": "Metric key used for the aggregate and best checkpoint."}
+    )
+    greater_is_better: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Whether a higher main_metric is better. Unset: known for every built-in metric (mse and "
+            "mae are lower-is-better); needed for an evaluate: metric whose direction hfmtl does not know."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -169,7 +176,29 @@ class Task(abc.ABC):
         return self.config.main_metric or self.default_main_metric()
 
     def default_main_metric(self) -> str:
-        return self.metric_names[0]
+        return metric_key(self.metric_names[0])
+
+    @property
+    def greater_is_better(self) -> bool:
+        """Whether a higher value of the main metric is better: the config's word, else the metric's.
+
+        Raises:
+            ConfigError: the main metric's direction is neither known nor declared.
+        """
+        if self.config.greater_is_better is not None:
+            return self.config.greater_is_better
+        known = greater_is_better(self.main_metric)
+        if known is None:
+            raise ConfigError(
+                f"tasks.{self.name}.main_metric={self.main_metric!r}: hfmtl does not know whether higher or lower "
+                f"is better; set tasks.{self.name}.greater_is_better: true (or false)"
+            )
+        return known
+
+    def signed_main_metric(self, metrics: dict[str, float]) -> float:
+        """The main metric, negated when lower is better: the task's share of ``eval/mean``."""
+        value = metrics[self.main_metric]
+        return value if self.greater_is_better else -value
 
     @abc.abstractmethod
     def eval_outputs(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:

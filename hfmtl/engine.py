@@ -1,0 +1,136 @@
+"""The run's `Accelerator`: precision, compilation, accumulation and trackers.
+
+What the run config says wins; what it leaves unset (``train.mixed_precision``, ``train.torch_compile``)
+is the launcher's to decide: ``accelerate launch --mixed_precision bf16 --dynamo_backend inductor`` and
+``accelerate config`` reach the Accelerator through their environment variables. The log names the
+source of each. A setting that cannot apply is an error before anything trains, never a quiet fp32 or
+uncompiled run: fp16 on a device without fp16 autocast (the CPU) is refused.
+
+Example:
+    >>> accelerator = build_accelerator(load_config("configs/tiny.yaml"), cpu=True)  # doctest: +SKIP
+    >>> accelerator.mixed_precision                                                # doctest: +SKIP
+    'no'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    DistributedType,
+    DynamoBackend,
+    GradientAccumulationPlugin,
+    TorchDynamoPlugin,
+)
+
+from .config import RunConfig
+from .errors import ConfigError
+from .run_setup import setup_logging
+
+logger = logging.getLogger("hfmtl")
+
+# what `accelerate launch` (its flags, else the `accelerate config` file) sets for the Accelerator
+_LAUNCHER_PRECISION = "ACCELERATE_MIXED_PRECISION"
+_LAUNCHER_DYNAMO = "ACCELERATE_DYNAMO_BACKEND"
+
+
+def build_accelerator(config: RunConfig, cpu: bool = False) -> Accelerator:
+    """The run's Accelerator, from the config and, where it is silent, the launcher; logging starts
+    with it (INFO on the main process, see `setup_logging`), and its first lines say what was resolved.
+
+    Args:
+        config: the run config.
+        cpu: force the CPU (also for several processes: gloo DDP on CPU).
+
+    Raises:
+        ConfigError: the precision or compile backend cannot apply here.
+    """
+    train = config.train
+    precision_source = _precision_source(config)
+    dynamo_plugin, compile_source = _dynamo_plugin(config)
+    try:
+        accelerator = Accelerator(
+            cpu=cpu,
+            mixed_precision=train.mixed_precision,  # None: the launcher's, else "no"
+            dynamo_plugin=dynamo_plugin,
+            # the loop, not the dataloader, decides when an accumulation window ends: several task loaders
+            # run out at different times, and a loader's end must not force an early optimizer step
+            gradient_accumulation_plugin=GradientAccumulationPlugin(
+                num_steps=train.gradient_accumulation_steps, sync_with_dataloader=False
+            ),
+            # the heads of the tasks not drawn at a step get no gradient; DDP must be told so
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(config.tasks) > 1)],
+            log_with=train.report_to or None,
+            project_dir=train.output_dir,
+        )
+    except ValueError as err:  # Accelerate's own refusals (bf16 on an old GPU, a bad launcher setting...)
+        raise ConfigError(f"the Accelerator cannot be set up: {' '.join(str(err).split())}") from err
+    setup_logging(accelerator)
+    _refuse_precision_without_autocast(accelerator, precision_source)
+    logger.info(
+        "mixed precision %s (from %s); torch.compile %s (from %s); %d process(es), %s",
+        accelerator.mixed_precision,
+        precision_source,
+        compile_backend(accelerator) or "off",
+        compile_source,
+        accelerator.num_processes,
+        accelerator.distributed_type.value,
+    )
+    return accelerator
+
+
+def compile_backend(accelerator: Accelerator) -> str | None:
+    """The torch.compile backend the Accelerator compiles the model with, or None when it does not."""
+    backend = accelerator.state.dynamo_plugin.backend
+    return None if backend == DynamoBackend.NO else backend.value.lower()
+
+
+def _precision_source(config: RunConfig) -> str:
+    if config.train.mixed_precision is not None:
+        return "train.mixed_precision"
+    if os.environ.get(_LAUNCHER_PRECISION):
+        return "the launcher (accelerate launch / accelerate config)"
+    return "the default"
+
+
+def _dynamo_plugin(config: RunConfig) -> tuple[TorchDynamoPlugin, str]:
+    """Accelerate's dynamo plugin for the config's compile settings, and where they came from."""
+    train = config.train
+    compile_asked = train.torch_compile or (train.torch_compile is None and train.torch_compile_backend is not None)
+    if train.torch_compile is False:
+        return TorchDynamoPlugin(backend="no"), "train.torch_compile"
+    if not compile_asked:
+        source = (
+            "the launcher (accelerate launch / accelerate config)"
+            if os.environ.get(_LAUNCHER_DYNAMO)
+            else "the default"
+        )
+        return TorchDynamoPlugin(), source  # reads the launcher's variables
+    backend = (train.torch_compile_backend or "inductor").upper()
+    if backend not in DynamoBackend.__members__ or backend == "NO":
+        choices = ", ".join(repr(b.lower()) for b in DynamoBackend.__members__ if b != "NO")
+        raise ConfigError(
+            f"train.torch_compile_backend={train.torch_compile_backend!r} is not allowed; choose one of {choices}"
+        )
+    kwargs: dict[str, Any] = {"backend": backend}
+    if train.torch_compile_mode is not None:
+        kwargs["mode"] = train.torch_compile_mode
+    return TorchDynamoPlugin(**kwargs), "train.torch_compile"
+
+
+def _refuse_precision_without_autocast(accelerator: Accelerator, source: str) -> None:
+    """fp16 on the CPU: Accelerate accepts it, enables no autocast and trains in fp32. Refuse instead."""
+    engines_with_own_precision = (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+    if (
+        accelerator.mixed_precision == "fp16"
+        and not accelerator.native_amp
+        and accelerator.distributed_type not in engines_with_own_precision
+    ):
+        raise ConfigError(
+            f"mixed precision fp16 (from {source}) has no autocast on {accelerator.device.type!r}: it would "
+            "train in fp32; use bf16 or no there (train.mixed_precision or accelerate launch --mixed_precision)"
+        )
