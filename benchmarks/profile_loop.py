@@ -91,9 +91,9 @@ def profile(args: argparse.Namespace, model: str | None) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, schedule
 
     from hfmtl.config import config_from_dict
-    from hfmtl.engine import build_accelerator
-    from hfmtl.modeling import MultiTaskModel
-    from hfmtl.trainer import MultiTaskTrainer
+    from hfmtl.model.modeling import MultiTaskModel
+    from hfmtl.training.setup import build_accelerator
+    from hfmtl.training.trainer import MultiTaskTrainer
 
     config = config_from_dict(_run_config(args, model))
     accelerator = build_accelerator(config, cpu=args.cpu)
@@ -140,7 +140,7 @@ def profile(args: argparse.Namespace, model: str | None) -> dict[str, Any]:
 
 def _train_with_labelled_optimizer(recipe: dict, config, accelerator):
     """`train_stage`, with the optimizer's and scheduler's steps and zero_grad labelled once they exist."""
-    from hfmtl.trainer import MultiTaskTrainer
+    from hfmtl.training.trainer import MultiTaskTrainer
 
     original_init = MultiTaskTrainer.__init__
 

@@ -173,9 +173,9 @@ def trainer_worker(spec_path: str) -> None:
 
     from hfmtl import build_task
     from hfmtl.config import config_from_dict
-    from hfmtl.data import load_tokenizer, prepare_task_data
-    from hfmtl.metrics import compute_metric
-    from hfmtl.run_setup import peak_memory_mb
+    from hfmtl.tasks.metrics import compute_metric
+    from hfmtl.training.data import load_tokenizer, prepare_task_data
+    from hfmtl.training.setup import peak_memory_mb
 
     config = config_from_dict(json.loads(Path(spec_path).read_text()))
     ((name, task_config),) = config.tasks.items()

@@ -135,7 +135,7 @@ class _Probe:
             self.start = time.perf_counter()
         else:
             self.end = time.perf_counter()
-            from hfmtl.run_setup import peak_memory_mb
+            from hfmtl.training.setup import peak_memory_mb
 
             self.peak_memory_mb = peak_memory_mb(device)
 
@@ -170,7 +170,7 @@ def model_flops(model, tokens: int, squared_lengths: int) -> float:
     the N parameters of the transformer layers (forward 2 N, backward 4 N; embeddings are lookups, and the
     pooler and heads see one token per example), plus 12 L d per token and per token it attends to, for L
     layers of width d: an example of n tokens attends n x n, so 12 L d sum(n^2) in all."""
-    from hfmtl.freezing import find_encoder_layers
+    from hfmtl.model.freezing import find_encoder_layers
 
     encoder = model.encoder if hasattr(model, "heads") else model.base_model  # hfmtl | transformers
     layers = find_encoder_layers(encoder)
@@ -254,8 +254,8 @@ def _run_hfmtl(spec: dict[str, Any]) -> dict[str, Any]:
     import runpy
 
     from hfmtl.config import config_from_dict
-    from hfmtl.engine import build_accelerator
-    from hfmtl.trainer import MultiTaskTrainer
+    from hfmtl.training.setup import build_accelerator
+    from hfmtl.training.trainer import MultiTaskTrainer
 
     config = config_from_dict(_run_config(spec))
     accelerator = build_accelerator(config, cpu=spec["cpu"])
@@ -289,7 +289,7 @@ def _run_trainer(spec: dict[str, Any]) -> dict[str, Any]:
 
     from hfmtl import build_task
     from hfmtl.config import config_from_dict
-    from hfmtl.data import EpochSampler, load_tokenizer, prepare_task_data
+    from hfmtl.training.data import EpochSampler, load_tokenizer, prepare_task_data
 
     config = config_from_dict(_run_config(spec))
     (task_name,) = spec["tasks"]
@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: task {name!r} is not in {args.config} (has {sorted(source['tasks'])})")
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     if args.bf16 and device == "cpu":
-        print("note: --bf16 on the CPU runs, but far slower than fp32 there (see DESIGN.md)", file=sys.stderr)
+        print("note: --bf16 on the CPU runs, but far slower than fp32 there", file=sys.stderr)
     output = Path(args.output).resolve()
     scratch = Path(tempfile.mkdtemp(prefix="hfmtl-throughput-"))
     try:

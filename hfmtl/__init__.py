@@ -1,41 +1,63 @@
 """hfmtl: multi-task and transfer learning for NLP on Hugging Face transformers.
 
-Importing hfmtl registers `MultiTaskConfig` / `MultiTaskModel` with `AutoConfig` / `AutoModel`, so
-``transformers.AutoModel.from_pretrained(saved_dir)`` rebuilds a saved multi-task model.
+The public API loads lazily: ``import hfmtl.config`` (or ``hfmtl --help``) loads no torch. Importing
+hfmtl also teaches transformers' `AutoConfig` / `AutoModel` the ``hfmtl`` model type (see
+hfmtl/_auto.py), so ``import hfmtl; transformers.AutoModel.from_pretrained(saved_dir)`` rebuilds a
+saved multi-task model.
+
+Example:
+    >>> import hfmtl
+    >>> hfmtl.load_config("configs/tiny.yaml").train.max_steps
+    12
 """
 
-from .adapters import add_adapters, merged_encoder
-from .config import RunConfig, load_config
-from .errors import ConfigError, DataError, HfmtlError
-from .export import export_task
-from .inference import Predictor
-from .modeling import MultiTaskConfig, MultiTaskModel, MultiTaskOutput, register_auto_classes
-from .stages import plan_stages
-from .tasks import TASK_TYPES, Task, TaskConfig, build_task, register_task
-from .transfer import initialize_from
+from __future__ import annotations
 
-register_auto_classes()
+import importlib
+from typing import Any
+
+from . import _auto
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "TASK_TYPES",
-    "ConfigError",
-    "DataError",
-    "HfmtlError",
-    "MultiTaskConfig",
-    "MultiTaskModel",
-    "MultiTaskOutput",
-    "Predictor",
-    "RunConfig",
-    "Task",
-    "TaskConfig",
-    "add_adapters",
-    "build_task",
-    "export_task",
-    "initialize_from",
-    "load_config",
-    "merged_encoder",
-    "plan_stages",
-    "register_task",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "ConfigError": "hfmtl.errors",
+    "DataError": "hfmtl.errors",
+    "HfmtlError": "hfmtl.errors",
+    "RunConfig": "hfmtl.config",
+    "load_config": "hfmtl.config",
+    "plan_stages": "hfmtl.config.stages",
+    "TASK_TYPES": "hfmtl.tasks",
+    "Task": "hfmtl.tasks",
+    "TaskConfig": "hfmtl.tasks",
+    "build_task": "hfmtl.tasks",
+    "register_task": "hfmtl.tasks",
+    "MultiTaskConfig": "hfmtl.model",
+    "MultiTaskModel": "hfmtl.model",
+    "MultiTaskOutput": "hfmtl.model",
+    "add_adapters": "hfmtl.model",
+    "initialize_from": "hfmtl.model",
+    "merged_encoder": "hfmtl.model",
+    "MultiTaskTrainer": "hfmtl.training.trainer",
+    "export_task": "hfmtl.publish",
+    "push_to_hub": "hfmtl.publish",
+    "Predictor": "hfmtl.inference",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hfmtl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+_auto.install()

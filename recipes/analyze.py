@@ -36,8 +36,8 @@ from hfmtl.analysis import (
     lookahead_affinity,
     rank_source_encoders,
 )
-from hfmtl.data import build_train_loader, load_tokenizer, prepare_task_data
 from hfmtl.errors import ConfigError, exit_status_of
+from hfmtl.training.data import build_train_loader, load_tokenizer, prepare_task_data
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,7 +8,7 @@ Reads top to bottom: config -> each task's train rows (cut to `max_train_samples
 task from a seeded shuffle (`train.seed`: the same folds on every run) -> for fold k, every task trains on
 its rows outside fold k and is evaluated on fold k, with the config's training settings; the task's own
 validation split is not used. Each fold is an ordinary training (recipes/train.py's `train_stage`) in
-``<output>/fold-<k>/``, its rows in Parquet files under ``fold-<k>/data/`` (hfmtl/cross_validation.py).
+``<output>/fold-<k>/``, its rows in Parquet files under ``fold-<k>/data/`` (hfmtl/training/cross_validation.py).
 The evaluation of each fold's saved model (its best by `eval/mean`, or its last without
 `load_best_model_at_end`) is read back from its ``metrics.json``; ``<output>/cv_results.json`` holds them
 and their mean ± sample standard deviation per task and metric (and of `eval/mean`), printed as a table.
@@ -28,8 +28,10 @@ from pathlib import Path
 from accelerate import PartialState
 
 from hfmtl import load_config
-from hfmtl.checkpointing import write_json_atomic
-from hfmtl.cross_validation import (
+from hfmtl.config.stages import stage_is_complete
+from hfmtl.errors import ConfigError, exit_status_of
+from hfmtl.training.checkpointing import write_json_atomic
+from hfmtl.training.cross_validation import (
     assign_folds,
     check_num_folds,
     fold_config,
@@ -39,10 +41,7 @@ from hfmtl.cross_validation import (
     summarize,
     write_fold_data,
 )
-from hfmtl.engine import build_accelerator
-from hfmtl.errors import ConfigError, exit_status_of
-from hfmtl.run_setup import check_output_dir, logger
-from hfmtl.stages import stage_is_complete
+from hfmtl.training.setup import build_accelerator, check_output_dir, logger
 
 # the one training loop of the project, shared with `hfmtl train`
 train_stage = runpy.run_path(str(Path(__file__).with_name("train.py")), run_name="hfmtl_recipe_train")["train_stage"]

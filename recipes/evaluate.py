@@ -19,10 +19,10 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from hfmtl import MultiTaskModel, build_task, load_config
-from hfmtl.data import build_eval_loader, prepare_task_data
-from hfmtl.engine import build_accelerator
 from hfmtl.errors import ConfigError, exit_status_of
-from hfmtl.evaluation import evaluate_tasks
+from hfmtl.training.data import build_eval_loader, prepare_task_data
+from hfmtl.training.evaluation import evaluate_tasks
+from hfmtl.training.setup import build_accelerator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

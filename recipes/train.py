@@ -8,7 +8,7 @@ Reads top to bottom: config -> Accelerator -> tasks -> data -> model (+ init_fro
 -> saved model. The output directory gets the model (`save_pretrained` + tokenizer), `config.yaml` (the
 resolved run config), `metrics.json` (every evaluation of every task), `train.log` and `checkpoints/`.
 A config with `stages:` runs this once per stage, each stage in `<output_dir>/<stage>/` and starting
-from the stage before it (see hfmtl/stages.py).
+from the stage before it (see hfmtl/config/stages.py).
 Reload with ``import hfmtl; transformers.AutoModel.from_pretrained(output_dir)``.
 """
 
@@ -21,15 +21,14 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from hfmtl import MultiTaskModel, build_task, load_config
-from hfmtl.adapters import add_adapters
 from hfmtl.config import RunConfig, save_config
-from hfmtl.data import load_tokenizer, prepare_task_data
-from hfmtl.engine import build_accelerator
+from hfmtl.config.stages import plan_stages, write_stages_summary
 from hfmtl.errors import exit_status_of
-from hfmtl.run_setup import check_output_dir, logger, setup_logging
-from hfmtl.stages import plan_stages, write_stages_summary
-from hfmtl.trainer import MultiTaskTrainer
-from hfmtl.transfer import initialize_from
+from hfmtl.model.adapters import add_adapters
+from hfmtl.model.transfer import initialize_from
+from hfmtl.training.data import load_tokenizer, prepare_task_data
+from hfmtl.training.setup import build_accelerator, check_output_dir, logger, setup_logging
+from hfmtl.training.trainer import MultiTaskTrainer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

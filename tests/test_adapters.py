@@ -1,4 +1,4 @@
-"""PEFT adapters on the shared encoder (hfmtl/adapters.py): what trains, what is saved, that per-task
+"""PEFT adapters on the shared encoder (hfmtl/model/adapters.py): what trains, what is saved, that per-task
 adapters stay apart, mixed-task batches, merging, the other PEFT methods, the errors, and the recipe."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from transformers import BertModel
 
 import hfmtl
 from hfmtl import ConfigError, MultiTaskModel
-from hfmtl.adapters import (
+from hfmtl.model.adapters import (
     activate_adapter,
     add_adapters,
     count_parameters,

@@ -35,10 +35,10 @@ from hfmtl.analysis import (
     task_gradients,
     transfer_matrix,
 )
-from hfmtl.data import prepare_task_data
 from hfmtl.errors import ConfigError
 from hfmtl.tasks import task_config_from_dict
 from hfmtl.tasks.token_classification import IGNORE_INDEX
+from hfmtl.training.data import prepare_task_data
 
 MAX_LENGTH = 48
 EVAL_SAMPLES = 12
@@ -308,7 +308,7 @@ def test_gradient_cosine_of_opposite_losses_is_minus_one():
 
 
 def test_gradients_under_lora_use_only_the_adapters(tiny_encoder_dir):
-    from hfmtl.adapters import add_adapters
+    from hfmtl.model.adapters import add_adapters
 
     model = tiny_model(tiny_encoder_dir, {"a": 2, "b": 2})
     lora = {"peft_type": "LORA", "r": 2, "target_modules": ["query", "value"], "init_lora_weights": False}

@@ -11,11 +11,11 @@ import torch
 from conftest import TASK_CONFIGS, make_config, reset_accelerate_state, run_recipe, write_config
 from safetensors.torch import load_file
 
-import hfmtl.trainer
+import hfmtl.training.trainer
 from hfmtl import ConfigError, MultiTaskModel, load_config
 from hfmtl.balancing import BALANCERS, get_balancer
-from hfmtl.checkpointing import latest_checkpoint
-from hfmtl.steps import _shared_gradients, _write_shared_gradient, step_tasks
+from hfmtl.training.checkpointing import latest_checkpoint
+from hfmtl.training.steps import _shared_gradients, _write_shared_gradient, step_tasks
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -83,7 +83,7 @@ def test_a_stateful_strategy_resumes_exactly(tiny_encoder_dir, tmp_path, monkeyp
     cfg_b = config_for(tiny_encoder_dir, resumed, "dwa", **common)
     cfg_b["balancing"]["options"] = {"window_steps": 2}
     cfg = write_config(tmp_path / "b.yaml", cfg_b)
-    original = hfmtl.trainer.all_tasks_step
+    original = hfmtl.training.trainer.all_tasks_step
 
     def crashing(trainer, task_names):
         if trainer.state.global_step == 4:
@@ -91,7 +91,7 @@ def test_a_stateful_strategy_resumes_exactly(tiny_encoder_dir, tmp_path, monkeyp
         return original(trainer, task_names)
 
     with monkeypatch.context() as patch:
-        patch.setattr(hfmtl.trainer, "all_tasks_step", crashing)
+        patch.setattr(hfmtl.training.trainer, "all_tasks_step", crashing)
         with pytest.raises(KeyboardInterrupt):
             run_recipe(cfg)
     assert latest_checkpoint(resumed).name == "checkpoint-3"

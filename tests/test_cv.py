@@ -19,9 +19,9 @@ import yaml
 from conftest import TASK_CONFIGS, make_config, reset_accelerate_state, write_config
 
 from hfmtl import cli
-from hfmtl.cross_validation import assign_folds, check_num_folds, saved_evaluation
 from hfmtl.errors import ConfigError
-from hfmtl.trainer import MultiTaskTrainer
+from hfmtl.training.cross_validation import assign_folds, check_num_folds, saved_evaluation
+from hfmtl.training.trainer import MultiTaskTrainer
 
 TWO_TASKS = {"rte": TASK_CONFIGS["rte"], "ner": TASK_CONFIGS["ner"]}
 ROWS, FOLDS, SEED = 48, 2, 3

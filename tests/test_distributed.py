@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from hfmtl.trainer import MultiTaskTrainer
+from hfmtl.training.trainer import MultiTaskTrainer
 
 drawn = []
 original = MultiTaskTrainer._train_step

@@ -26,7 +26,7 @@ from conftest import (
 from safetensors.torch import load_file
 
 from hfmtl import ConfigError, load_config
-from hfmtl.engine import build_accelerator, compile_backend
+from hfmtl.training.setup import build_accelerator, compile_backend
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 

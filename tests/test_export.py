@@ -17,9 +17,9 @@ import transformers
 from conftest import MINILM
 
 from hfmtl import HfmtlError, MultiTaskConfig, MultiTaskModel, cli
-from hfmtl import export as export_module
-from hfmtl.adapters import add_adapters, is_peft_model
-from hfmtl.export import export, export_task
+from hfmtl.model.adapters import add_adapters, is_peft_model
+from hfmtl.publish import export as export_module
+from hfmtl.publish.export import export_model_dir, export_task
 
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
 # vocab 30522 so that the real (MiniLM) tokenizer's ids fit every family
@@ -314,7 +314,7 @@ def test_cli_on_a_directory_that_is_not_an_hfmtl_model_is_one_line(tiny_encoder_
 def test_export_of_a_model_saved_without_its_tokenizer_says_how_to_fix_it(tmp_path):
     make_model("bert", {"rte": HEADS["rte"]}).save_pretrained(tmp_path / "model")
     with pytest.raises(HfmtlError, match="no usable tokenizer in .*tokenizer.save_pretrained"):
-        export(tmp_path / "model", "rte", tmp_path / "out")
+        export_model_dir(tmp_path / "model", "rte", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -1,4 +1,4 @@
-"""Encoder layer groups, static freezing, layer-wise lr decay and gradual unfreezing (hfmtl.freezing).
+"""Encoder layer groups, static freezing, layer-wise lr decay and gradual unfreezing (hfmtl.model.freezing).
 
 Freezing is checked by its effect: a few real AdamW steps on the model's own loss, then frozen
 parameters must be bit-identical and trainable ones changed.
@@ -14,9 +14,9 @@ import torch
 import transformers
 from torch import nn
 
-import hfmtl.freezing
+import hfmtl.model.freezing
 from hfmtl import ConfigError, MultiTaskConfig, MultiTaskModel
-from hfmtl.freezing import GradualUnfreezer, build_param_groups, encoder_layer_groups, freeze_encoder_parts
+from hfmtl.model.freezing import GradualUnfreezer, build_param_groups, encoder_layer_groups, freeze_encoder_parts
 
 TINY = {
     "hidden_size": 64,
@@ -347,5 +347,5 @@ def test_unfreezer_rejects_bad_every_steps():
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(hfmtl.freezing)
+    result = doctest.testmod(hfmtl.model.freezing)
     assert result.attempted > 0 and result.failed == 0

@@ -27,10 +27,11 @@ from huggingface_hub import ModelCard, ModelCardData, constants, metadata_load
 from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 
-from hfmtl import HfmtlError, MultiTaskModel, cli, hub
-from hfmtl.adapters import add_adapters
+from hfmtl import HfmtlError, MultiTaskModel, cli
 from hfmtl.config import config_from_dict, save_config
-from hfmtl.model_card import GENERATED_MARKER, build_model_card, write_model_card
+from hfmtl.model.adapters import add_adapters
+from hfmtl.publish import hub
+from hfmtl.publish.model_card import GENERATED_MARKER, build_model_card, write_model_card
 
 TOKEN = "hf_hfmtlTestToken0123456789abcdefXYZ"  # recognisable, and fake
 REPO = "tester/tiny-mtl"
@@ -478,14 +479,6 @@ def test_cli_push_dry_run_then_push(plain, fake_hub):
 def test_push_in_a_subprocess_configured_by_environment_variables(saved, tmp_path):
     """What a user runs: HF_ENDPOINT and HF_TOKEN in the environment, read at import time."""
     model_dir = Path(shutil.copytree(saved["lora"], tmp_path / "lora"))
-    script = (
-        "import argparse, sys\n"
-        "from hfmtl import hub\n"
-        "parser = argparse.ArgumentParser(prog='hfmtl')\n"
-        "hub.add_cli(parser.add_subparsers(dest='command', required=True))\n"
-        "args = parser.parse_args(sys.argv[1:])\n"
-        "sys.exit(args.handler(args))\n"
-    )
     with FakeHub(token=TOKEN) as server:
         env = {
             **os.environ,
@@ -496,7 +489,7 @@ def test_push_in_a_subprocess_configured_by_environment_variables(saved, tmp_pat
             "PYTHONPATH": str(REPO_ROOT),
         }
         result = subprocess.run(
-            [sys.executable, "-c", script, "push", str(model_dir), REPO],
+            [sys.executable, "-m", "hfmtl.cli", "push", str(model_dir), REPO],
             env=env,
             capture_output=True,
             text=True,

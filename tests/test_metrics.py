@@ -1,4 +1,4 @@
-"""Tests of `hfmtl.metrics`: every built-in metric against a value worked out by hand in the test.
+"""Tests of `hfmtl.tasks.metrics`: every built-in metric against a value worked out by hand in the test.
 
 The expected numbers come from counts and formulas written out below, never from the library that the
 metric itself calls (scikit-learn, SciPy, seqeval).
@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from hfmtl.errors import ConfigError
-from hfmtl.metrics import METRICS, check_metric_name, compute_metric, greater_is_better, metric_key, normalize_answer
+from hfmtl.tasks.metrics import (
+    METRICS,
+    check_metric_name,
+    compute_metric,
+    greater_is_better,
+    metric_key,
+    normalize_answer,
+)
 
 BUILT_IN = {
     "accuracy",

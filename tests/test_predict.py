@@ -18,8 +18,9 @@ from transformers import AutoTokenizer
 
 import hfmtl
 from hfmtl import MultiTaskModel, cli
+from hfmtl.cli.predict import model_info
 from hfmtl.errors import HfmtlError
-from hfmtl.inference import Predictor, model_info
+from hfmtl.inference import Predictor
 from hfmtl.inference.tokens import split_words
 from hfmtl.tasks import build_task, task_config_from_dict
 
@@ -378,7 +379,7 @@ def test_a_model_saved_by_training_loads_through_the_api_and_automodel(
 
 
 def test_a_per_task_lora_model(tiny_encoder_dir, tmp_path, capsys):
-    from hfmtl.adapters import add_adapters
+    from hfmtl.model.adapters import add_adapters
 
     specs = {"rte": SPECS["rte"], "stsb": SPECS["stsb"], "ner": SPECS["ner"]}
     torch.manual_seed(0)
@@ -415,7 +416,7 @@ def test_a_per_task_lora_model(tiny_encoder_dir, tmp_path, capsys):
 
 
 def test_docstring_examples_run(model_dir, predictor):
-    import hfmtl.inference.cli as cli_module
+    import hfmtl.cli.predict as cli_module
     import hfmtl.inference.predictor as predictor_module
     import hfmtl.inference.tokens as tokens_module
 

@@ -1,4 +1,4 @@
-"""Tests of the task sampler (`hfmtl.sampling`) and the per-task example order (`hfmtl.data.EpochSampler`).
+"""Tests of the task sampler (`hfmtl.training.sampling`) and the per-task example order (`hfmtl.training.data.EpochSampler`).
 
 Probabilities are checked against their closed forms, draws against those probabilities, and both
 samplers for the determinism that keeps every process on the same task and order.
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from conftest import DATA, MINILM
 
-from hfmtl.data import EpochSampler, feature_lengths
 from hfmtl.errors import ConfigError
-from hfmtl.sampling import TaskSampler, steps_per_epoch
+from hfmtl.training.data import EpochSampler, feature_lengths
+from hfmtl.training.sampling import TaskSampler, steps_per_epoch
 
 SIZES = {"a": 1000, "b": 300, "c": 50}
 

@@ -23,10 +23,10 @@ from conftest import TASK_CONFIGS, assert_reloaded_logits_equal
 from torch.nn import functional as F
 
 import hfmtl
-from hfmtl.data import build_eval_loader, load_raw_splits, prepare_task_data
 from hfmtl.errors import ConfigError, DataError
-from hfmtl.evaluation import evaluate_tasks
 from hfmtl.tasks import task_config_from_dict
+from hfmtl.training.data import build_eval_loader, load_raw_splits, prepare_task_data
+from hfmtl.training.evaluation import evaluate_tasks
 
 TASK_NAMES = list(TASK_CONFIGS)
 MAX_LENGTH = 64

@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 
 import hfmtl
 from hfmtl import cli
-from hfmtl.checkpointing import latest_checkpoint, list_checkpoints
-from hfmtl.trainer import MultiTaskTrainer
+from hfmtl.training.checkpointing import latest_checkpoint, list_checkpoints
+from hfmtl.training.trainer import MultiTaskTrainer
 
 TWO_TASKS = {"rte": TASK_CONFIGS["rte"], "ner": TASK_CONFIGS["ner"]}
 

@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification
 
 from hfmtl import ConfigError, MultiTaskModel, load_config
-from hfmtl.adapters import add_adapters
 from hfmtl.config import config_from_dict
-from hfmtl.stages import plan_stages, stage_is_complete
-from hfmtl.transfer import initialize_from
+from hfmtl.config.stages import plan_stages, stage_is_complete
+from hfmtl.model.adapters import add_adapters
+from hfmtl.model.transfer import initialize_from
 
 RTE = {"type": "classification", "num_labels": 2, "id2label": {0: "entailment", 1: "not_entailment"}}
 RTE_SPEC = {**RTE, "problem_type": "single_label_classification"}

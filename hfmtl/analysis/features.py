@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import adapters
-from ..data import build_eval_loader
 from ..errors import ConfigError, DataError
+from ..model import adapters
 from ..tasks import Task
 from ..tasks.base import pool
 from ..tasks.classification import ClassificationTask, RegressionTask
 from ..tasks.multiple_choice import MultipleChoiceTask
 from ..tasks.token_classification import IGNORE_INDEX, TokenClassificationTask
+from ..training.data import build_eval_loader
 from .transferability import rank_sources
 
 __all__ = ["TaskFeatures", "extract_features", "rank_source_encoders"]
@@ -56,7 +56,7 @@ class TaskFeatures:
 
 def _encode_fn(model: nn.Module, task: Task):
     """(encoder, input names it takes or None for all, virtual tokens to drop) for `model`."""
-    from ..modeling import MultiTaskModel
+    from ..model.modeling import MultiTaskModel
 
     if isinstance(model, MultiTaskModel):
         peft_config = model.config.peft or {}
@@ -193,7 +193,7 @@ def rank_source_encoders(
     Args:
         encoders: source name -> a model (a `MultiTaskModel` or a bare encoder) or the path / Hub id of a
             saved one (an hfmtl model directory, e.g. a source stage's output, or any HF encoder; loaded
-            one at a time with `hfmtl.transfer.load_source` and released, so only one is in memory). A
+            one at a time with `hfmtl.model.transfer.load_source` and released, so only one is in memory). A
             path gives a bare encoder, pooled with 'cls' unless ``pooling`` says otherwise: pass the
             pooling the models were trained with.
         target_task: the target task, set up.
@@ -211,7 +211,7 @@ def rank_source_encoders(
         ...     rte_task, rte_data.eval_features, tokenizer)
         >>> [source for source, _ in ranking]  # best first; below "pretrained": predicted not to help  # doctest: +SKIP
     """
-    from ..transfer import load_source
+    from ..model.transfer import load_source
 
     features, labels, regression = {}, None, None
     for name, encoder in encoders.items():

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ConfigError
-from ..typed_config import _suggest
+from ..typed import _suggest
 from .base import Balancer, CombinedGradient, GradientCombiner, LossWeighting, WeightedLoss
 
 BALANCERS: dict[str, type[Balancer]] = {}

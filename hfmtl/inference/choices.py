@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .base import InputError, PredictOptions, TaskPredictor, register_predictor, softmax
+from ..tasks.prediction import InputError, PredictOptions, TaskPredictor, register_predictor, softmax
 
 
 @register_predictor("multiple_choice")

@@ -27,11 +27,11 @@ from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import cached_file
 
 from ..errors import DataError, HfmtlError
-from ..modeling import MultiTaskConfig, MultiTaskModel
+from ..model import MultiTaskConfig, MultiTaskModel
 from ..tasks import build_task, get_task_class, task_config_from_dict
 from ..tasks.base import Task
+from ..tasks.prediction import PREDICTORS, InputError, PredictOptions, TaskPredictor
 from . import choices, sequence, spans, tokens  # noqa: F401  (register the task types' predictors)
-from .base import PREDICTORS, InputError, PredictOptions, TaskPredictor
 
 RUN_CONFIG_FILE = "config.yaml"
 # a placeholder for the dataset a TaskConfig insists on; nothing is ever loaded from it

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import InputError, PredictOptions, TaskPredictor, register_predictor, softmax
+from ..tasks.prediction import InputError, PredictOptions, TaskPredictor, register_predictor, softmax
 
 
 class _SequencePredictor(TaskPredictor):

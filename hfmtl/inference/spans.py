@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..tasks.prediction import PredictOptions, TaskPredictor, features_by_item, register_predictor, softmax
 from ..tasks.question_answering import best_span
-from .base import PredictOptions, TaskPredictor, features_by_item, register_predictor, softmax
 
 
 @register_predictor("question_answering")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .base import InputError, PredictOptions, TaskPredictor, features_by_item, register_predictor, softmax
+from ..tasks.prediction import InputError, PredictOptions, TaskPredictor, features_by_item, register_predictor, softmax
 
 RAW_TEXT_FIELD = "text"
 # A word is a run of letters/digits, joined across inner apostrophes, hyphens and dots (don't, e-mail,

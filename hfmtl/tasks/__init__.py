@@ -15,9 +15,9 @@ import importlib
 from typing import Any
 
 from ..errors import ConfigError
-from ..metrics import check_metric_name
-from ..typed_config import _suggest, build_dataclass
+from ..typed import _suggest, build_dataclass
 from .base import Task, TaskConfig
+from .metrics import check_metric_name
 
 TASK_TYPES: dict[str, type[Task]] = {}
 

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from ..metrics import compute_metric, greater_is_better, metric_key
-from ..typed_config import check_positive
+from ..typed import check_positive
+from .metrics import compute_metric, greater_is_better, metric_key
 
 
 @dataclass
@@ -51,7 +51,7 @@ class TaskConfig:
     max_length: int | None = field(default=None, metadata={"help": "Defaults to model.max_length."})
     metrics: list[str] | None = field(
         default=None,
-        metadata={"help": "Metric names (see hfmtl.metrics), or 'evaluate:<hub name or local path>'."},
+        metadata={"help": "Metric names (see hfmtl.tasks.metrics), or 'evaluate:<hub name or local path>'."},
     )
     main_metric: str | None = field(
         default=None, metadata={"help": "Metric key used for the aggregate and best checkpoint."}

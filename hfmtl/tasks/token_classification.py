@@ -27,9 +27,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import DataError
-from ..metrics import compute_metric
 from . import register_task
 from .base import Task, TaskConfig, TokenHead, label_to_id, resolve_label_names
+from .metrics import compute_metric
 
 IGNORE_INDEX = -100
 _IOB_TAG = re.compile(r"^(O|[BIES]-.+)$")

@@ -27,20 +27,19 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .adapters import count_parameters
-from .analysis import GradientSimilarityTracker, heatmap
+from ..analysis import GradientSimilarityTracker, heatmap
+from ..config import RunConfig
+from ..model.adapters import count_parameters
+from ..model.freezing import GradualUnfreezer, build_param_groups, freeze_encoder_parts
+from ..publish.hub import TrainingPusher
+from ..publish.model_card import write_model_card
+from ..tasks import Task
 from .checkpointing import TrainingState, resolve_resume_path, save_checkpoint, write_json_atomic
-from .config import RunConfig
 from .data import TaskData, build_eval_loader, build_train_loader
-from .engine import compile_backend
 from .evaluation import evaluate_tasks, metric_directions
-from .freezing import GradualUnfreezer, build_param_groups, freeze_encoder_parts
-from .hub import TrainingPusher
-from .model_card import write_model_card
-from .run_setup import flat_hparams, peak_memory_mb
 from .sampling import TaskSampler, steps_per_epoch
+from .setup import compile_backend, flat_hparams, peak_memory_mb
 from .steps import all_tasks_step, one_task_step, setup_balancing, step_tasks
-from .tasks import Task
 
 logger = logging.getLogger("hfmtl")
 
@@ -54,7 +53,7 @@ class MultiTaskTrainer:
         data: task_name -> its tokenized `TaskData`.
         tokenizer: used by the collators.
         config: the run config (`train` and `sampling` sections are used here).
-        accelerator: from `hfmtl.engine.build_accelerator`.
+        accelerator: from `hfmtl.training.setup.build_accelerator`.
     """
 
     def __init__(

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .sampling import TaskSampler
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.utils import cached_file
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 HEADS_FILE = "heads.safetensors"
 ADAPTERS_DIR = "adapters"

@@ -19,14 +19,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import PreTrainedModel
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .backbone import check_same_architecture
+from .modeling import load_encoder
 
 logger = logging.getLogger("hfmtl")
-
-# the encoder-config fields that must agree for weights to be interchangeable
-_SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "dim")
 
 
 @dataclass
@@ -44,41 +43,13 @@ def load_source(source: str, revision: str | None = None, key: str = "model.init
     An hfmtl source with one shared adapter gives its merged encoder; per-task adapters cannot be
     turned into one encoder, so such a source is refused.
     """
-    from .adapters import merged_encoder
-    from .modeling import MultiTaskConfig, MultiTaskModel, encoder_kwargs
-
-    try:
-        config = AutoConfig.from_pretrained(source, revision=revision)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{key}={source!r} cannot be loaded: {err}") from err
-    if isinstance(config, MultiTaskConfig):
-        model = MultiTaskModel.from_pretrained(source, revision=revision)
-        if (model.config.peft or {}).get("mode") == "per_task":
-            raise ConfigError(
-                f"{key}={source!r} has one adapter per task, which cannot become one encoder; "
-                "export a task first (hfmtl export) and start from that"
-            )
-        heads = {
-            name: {k: v.detach().clone() for k, v in head.state_dict().items()} for name, head in model.heads.items()
-        }
-        return SourceWeights(merged_encoder(model), dict(model.config.tasks), heads)
-    try:
-        encoder = AutoModel.from_pretrained(source, revision=revision, **encoder_kwargs(config))
-    except OSError as err:
-        raise ConfigError(f"{key}={source!r} cannot be loaded: {err}") from err
-    return SourceWeights(encoder)
-
-
-def check_same_architecture(target: Any, source: Any, key: str, source_name: str) -> None:
-    """Raise a ConfigError when two encoder configs differ in a field that shapes the weights."""
-    for name in _SHAPE_FIELDS:
-        ours, theirs = getattr(target, name, None), getattr(source, name, None)
-        if ours != theirs:
-            raise ConfigError(
-                f"{key}={source_name!r} has a {source.model_type} encoder with {name}={theirs}, but the model "
-                f"is a {target.model_type} encoder with {name}={ours}; start from a checkpoint of the same "
-                "architecture (or change model.name_or_path)"
-            )
+    encoder, hfmtl_model = load_encoder(source, revision=revision, key=key)
+    if hfmtl_model is None:
+        return SourceWeights(encoder)
+    heads = {
+        name: {k: v.detach().clone() for k, v in head.state_dict().items()} for name, head in hfmtl_model.heads.items()
+    }
+    return SourceWeights(encoder, dict(hfmtl_model.config.tasks), heads)
 
 
 def initialize_from(model: nn.Module, source: str, keep_heads: str | list[str] = "auto", revision: str | None = None):

@@ -10,9 +10,9 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from ..tasks import Task
+from ..tasks.metrics import greater_is_better
 from .data import TaskData
-from .metrics import greater_is_better
-from .tasks import Task
 
 
 @torch.no_grad()
@@ -58,7 +58,7 @@ def evaluate_tasks(
 
 def metric_directions(tasks: dict[str, Task], keys: list[str]) -> dict[str, bool]:
     """``{key: greater_is_better}`` for the logged evaluation keys whose direction is known: each task's
-    main metric as the task declares it, the others as `hfmtl.metrics` knows them, ``eval/mean`` True.
+    main metric as the task declares it, the others as `hfmtl.tasks.metrics` knows them, ``eval/mean`` True.
 
     Example:
         >>> metric_directions({}, ["eval/mean"])

@@ -33,7 +33,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .errors import HfmtlError
+from ..errors import HfmtlError
 from .saved_model import (
     SavedModel,
     dataset_id,

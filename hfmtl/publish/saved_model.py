@@ -17,8 +17,8 @@ import yaml
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .errors import HfmtlError
-from .modeling import MultiTaskConfig
+from ..errors import HfmtlError
+from ..model.configuration import MODEL_TYPE
 
 # `dataset:` values that name a `datasets` builder for local files, not a Hub dataset
 _LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas", "sql", "xml", "webdataset", "generator"}
@@ -67,7 +67,7 @@ def read_model_dir(model_dir: str | os.PathLike) -> SavedModel:
             f"{path} has no config.json, so it is not a saved hfmtl model (a training writes it when it ends)"
         )
     config = _read_json(path / "config.json")
-    if config.get("model_type") != MultiTaskConfig.model_type:
+    if config.get("model_type") != MODEL_TYPE:
         raise HfmtlError(f"{path} holds a {config.get('model_type')!r} model, not an hfmtl multi-task model")
     run = None
     if (path / "config.yaml").is_file():
@@ -149,7 +149,7 @@ def local_hfmtl_dir(name: str | None, roots: list[Path]) -> Path | None:
         path = root / name if name else None
         if path is not None and (path / "config.json").is_file():
             try:
-                if json.loads((path / "config.json").read_text()).get("model_type") == MultiTaskConfig.model_type:
+                if json.loads((path / "config.json").read_text()).get("model_type") == MODEL_TYPE:
                     return path
             except json.JSONDecodeError:
                 return None

@@ -12,7 +12,7 @@
 `train`, `eval`, `analyze` and `cv` run the recipe of the same name (``recipes/train.py``, ``recipes/evaluate.py``): the
 recipes are the one place where the steps of a run are written, top to bottom, and the console script
 is a shortcut to them. Several processes: ``accelerate launch -m hfmtl.cli train CONFIG``. `export`
-writes one task as a standard transformers model (see `hfmtl.export`).
+writes one task as a standard transformers model (see `hfmtl.publish.export`).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import argparse
 import importlib
 import sys
 
-from .errors import exit_status_of
-from .export import export as export_task_dir
-from .hub import add_cli as add_hub_cli
-from .inference import add_cli as add_inference_cli
+from ..errors import exit_status_of
+from ..publish.export import export_model_dir
+from .predict import add_cli as add_inference_cli
+from .push import add_cli as add_hub_cli
 
 _RECIPES = {"train": "train", "eval": "evaluate", "analyze": "analyze", "cv": "cv"}
 _CONFIG_FIRST = ("train", "analyze", "cv")  # `hfmtl train CONFIG ...` is `recipes/train.py --config CONFIG ...`
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    out = export_task_dir(args.model, args.task, args.out, overwrite=args.overwrite)
+    out = export_model_dir(args.model, args.task, args.out, overwrite=args.overwrite)
     print(f"exported task {args.task!r} of {args.model} to {out}")
     return 0
 

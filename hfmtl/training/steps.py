@@ -18,7 +18,7 @@ forward for one backward. Then, by the method's family (hfmtl/balancing/):
   usual), and the combined gradient replaces the shared parameters' ``.grad`` before clipping and the
   optimizer step. Cost: T + 1 backward passes per micro-step and T x P floats of memory.
 
-Strategies compute and never own the loop (DESIGN.md): here are the backward passes, the all-reduces
+Strategies compute and never own the loop: here are the backward passes, the all-reduces
 and the writes into ``.grad``. Their state is checkpointed with the run (exact resume).
 """
 
@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .adapters import update_adalora_budget
-from .balancing import GradientCombiner, balancer_options, get_balancer
-from .balancing.gradnorm import task_gradient_norms
-from .freezing import encoder_layer_groups
+from ..balancing import GradientCombiner, balancer_options, get_balancer
+from ..balancing.gradnorm import task_gradient_norms
+from ..model.adapters import update_adalora_budget
+from ..model.freezing import encoder_layer_groups
 
 if TYPE_CHECKING:
     from .trainer import MultiTaskTrainer

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..tasks.base import Task
+from .base import Task
 
 PREDICTORS: dict[str, type[TaskPredictor]] = {}
 

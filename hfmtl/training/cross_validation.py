@@ -27,10 +27,10 @@ from typing import Any
 import datasets
 import numpy as np
 
-from .config import RunConfig, config_from_dict
+from ..config import RunConfig, config_from_dict
+from ..errors import ConfigError
+from ..tasks import build_task
 from .data import load_raw_splits
-from .errors import ConfigError
-from .tasks import build_task
 
 TRAIN, EVAL = "train", "validation"  # the split names of the materialised fold files
 

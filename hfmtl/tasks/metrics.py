@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def _accuracy(predictions, references, **_: Any) -> dict[str, float]:

@@ -8,8 +8,8 @@ reloaded export gave the same logits as hfmtl on test inputs: an export that wou
 compute something else is refused, and nothing half-written is ever left at the target.
 
 Example:
-    >>> from hfmtl.export import export
-    >>> export("outputs/glue", "rte", "exported/rte")  # doctest: +SKIP
+    >>> from hfmtl.publish.export import export_model_dir
+    >>> export_model_dir("outputs/glue", "rte", "exported/rte")  # doctest: +SKIP
     >>> from transformers import pipeline
     >>> pipeline("text-classification", model="exported/rte")({"text": premise, "text_pair": hypothesis})  # doctest: +SKIP
 """
@@ -39,10 +39,10 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .adapters import is_peft_model, merged_encoder
-from .errors import HfmtlError
-from .modeling import MultiTaskConfig, MultiTaskModel
-from .tasks.base import PooledHead, TokenHead
+from ..errors import HfmtlError
+from ..model import MultiTaskConfig, MultiTaskModel
+from ..model.adapters import is_peft_model, merged_encoder
+from ..tasks.base import PooledHead, TokenHead
 
 # task type -> (head kind, the Auto class whose model the task becomes)
 _KINDS: dict[str, tuple[str, Any]] = {
@@ -121,7 +121,7 @@ _FAMILIES: dict[str, _Family] = {
 }
 
 
-def export(
+def export_model_dir(
     model_dir: str | os.PathLike, task_name: str, out_dir: str | os.PathLike, *, overwrite: bool = False
 ) -> Path:
     """Export `task_name` of the hfmtl model saved in `model_dir`, with its tokenizer, to `out_dir`.
@@ -139,7 +139,7 @@ def export(
         HfmtlError: `model_dir` is not an hfmtl model, the task is unknown, or cannot be mapped exactly.
 
     Example:
-        >>> export("outputs/glue", "rte", "exported/rte")  # doctest: +SKIP
+        >>> export_model_dir("outputs/glue", "rte", "exported/rte")  # doctest: +SKIP
         PosixPath('exported/rte')
     """
     try:

@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import contextlib
 import logging
@@ -52,7 +51,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, get_token, validate_repo_id
 
-from .errors import HfmtlError
+from ..errors import HfmtlError
 from .model_card import write_model_card
 from .saved_model import hub_model_id, read_model_dir
 
@@ -124,7 +123,7 @@ def push_to_hub(
         commit_message: defaults to "Upload hfmtl model (tasks: ...)".
         token: a Hub token; None uses ``HF_TOKEN`` or the login cache (`hf auth login`).
         create_pr: open a pull request against the default branch instead of committing to it.
-        card_data: options of `hfmtl.model_card.build_model_card`: ``license``, ``language``,
+        card_data: options of `hfmtl.publish.model_card.build_model_card`: ``license``, ``language``,
             ``base_model`` (the Hub id of a base saved under a local path), ``tags``.
 
     Returns:
@@ -140,7 +139,7 @@ def push_to_hub(
     """
     saved = read_model_dir(model_dir)  # one-line errors for a missing or foreign directory, first
     _check_weights(saved.path, peft=bool(saved.peft))
-    repo_id = _check_repo_id(repo_id)
+    repo_id = check_repo_id(repo_id)
     if create_pr and revision not in (None, constants.DEFAULT_REVISION):
         raise HfmtlError("a pull request is opened against the default branch: drop --revision or --create-pr")
     write_model_card(model_dir, repo_id=repo_id, **(card_data or {}))
@@ -331,7 +330,7 @@ def push_model(
 # --- checks --------------------------------------------------------------------------------------------
 
 
-def _check_repo_id(repo_id: str) -> str:
+def check_repo_id(repo_id: str) -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
@@ -411,58 +410,3 @@ def _link_tree(source: Path, target: Path) -> None:
             os.link(path, destination)
         except OSError:  # another file system, or links not supported
             shutil.copy2(path, destination)
-
-
-# --- the command line ----------------------------------------------------------------------------------
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``hfmtl push`` on the `hfmtl` console script's subparsers.
-
-    Example:
-        >>> parser = argparse.ArgumentParser(prog="hfmtl")
-        >>> push = add_cli(parser.add_subparsers(dest="command"))
-        >>> parser.parse_args(["push", "outputs/glue", "me/glue", "--private"]).private
-        True
-    """
-    push = subparsers.add_parser(
-        "push",
-        help="Upload a saved model to the Hugging Face Hub, with a generated model card.",
-        description="Upload a saved hfmtl model to the Hugging Face Hub, with a model card generated from its "
-        "config.json, config.yaml and metrics.json. The token comes from HF_TOKEN or `hf auth login`.",
-    )
-    push.add_argument("model", metavar="MODEL_DIR", help="Saved hfmtl model directory.")
-    push.add_argument("repo_id", metavar="REPO_ID", help="Hub repo, namespace/name; created if missing.")
-    push.add_argument("--private", action="store_true", help="Create the repo private.")
-    push.add_argument("--revision", metavar="BRANCH", help="Branch to push to (created if missing).")
-    push.add_argument("--commit-message", metavar="MSG", help="Commit message.")
-    push.add_argument("--create-pr", action="store_true", help="Open a pull request instead of committing.")
-    push.add_argument("--license", help="License id for the card (e.g. apache-2.0); left out if not given.")
-    push.add_argument("--language", nargs="+", metavar="CODE", help="Language code(s) of the data, e.g. en.")
-    push.add_argument("--base-model", metavar="HUB_ID", help="Hub id of the base encoder saved as a local path.")
-    push.add_argument(
-        "--dry-run", action="store_true", help="Write README.md and list the files to upload; contact no server."
-    )
-    push.set_defaults(handler=_push_command)
-    return push
-
-
-def _push_command(args: argparse.Namespace) -> int:
-    card_data = {"license": args.license, "language": args.language, "base_model": args.base_model}
-    card_data = {k: v for k, v in card_data.items() if v is not None}
-    if args.dry_run:
-        read_model_dir(args.model)
-        write_model_card(args.model, repo_id=_check_repo_id(args.repo_id), **card_data)
-        print("\n".join(files_to_upload(args.model)))
-        return 0
-    url = push_to_hub(
-        args.model,
-        args.repo_id,
-        private=args.private,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        create_pr=args.create_pr,
-        card_data=card_data,
-    )
-    print(f"pushed {args.model} to {url}")
-    return 0

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .errors import ConfigError, DataError
-from .tasks import Task
+from ..errors import ConfigError, DataError
+from ..tasks import Task
 
 # file suffix -> (datasets builder, extra builder kwargs)
 _BUILDERS = {

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, config_from_dict
-from .errors import ConfigError
+from ..errors import ConfigError
+from . import RunConfig, config_from_dict
 
 
 @dataclass

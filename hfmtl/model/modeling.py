@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 from dataclasses import dataclass
@@ -24,54 +23,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
-from transformers.configuration_utils import SubConfigSpec
-from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from ..errors import ConfigError, HfmtlError
+from ..tasks import get_task_class
 from . import adapters
-from .errors import ConfigError
-from .tasks import get_task_class
-
-
-class MultiTaskConfig(PreTrainedConfig):
-    r"""Configuration of a `MultiTaskModel`.
-
-    Args:
-        encoder: the encoder's config (a `PreTrainedConfig` or its dict).
-        tasks: task_name -> head spec (``{"type": ..., "num_labels": ..., ...}``) as each task type
-            writes it (see `Task.head_spec`).
-        pooling: 'cls' or 'mean': how sequence-level heads reduce the encoder's output.
-        classifier_dropout: dropout in the heads; None uses the encoder's ``hidden_dropout_prob``.
-        peft: set when the encoder carries PEFT adapters (see `hfmtl.adapters`): ``mode`` ('shared' or
-            'per_task'), ``adapters`` (their names) and ``base_model`` (where the encoder's own weights
-            come from, so that saved adapters can be re-attached).
-    """
-
-    model_type = "hfmtl"
-    sub_configs_defaults = {"encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
-
-    encoder: PreTrainedConfig | dict | None = None
-    tasks: dict | None = None
-    pooling: str = "cls"
-    classifier_dropout: float | None = None
-    peft: dict | None = None
-
-    def __post_init__(self, **kwargs: Any) -> None:
-        super().__post_init__(**kwargs)
-        self.tasks = dict(self.tasks or {})
-        for spec in self.tasks.values():
-            # JSON turns integer keys into strings; heads and users index id2label by int
-            if "id2label" in spec:
-                spec["id2label"] = {int(k): v for k, v in spec["id2label"].items()}
-
-    @property
-    def hidden_size(self) -> int:
-        encoder = self.encoder
-        for name in ("hidden_size", "dim", "d_model"):
-            if hasattr(encoder, name):
-                return int(getattr(encoder, name))
-        raise ConfigError(f"cannot find the hidden size of encoder type {encoder.model_type!r}")
+from .backbone import check_same_architecture, encoder_kwargs
+from .configuration import MultiTaskConfig
 
 
 @dataclass
@@ -90,15 +49,6 @@ class MultiTaskOutput(ModelOutput):
     logits: torch.Tensor | None = None
     hidden_states: torch.Tensor | None = None
     task_losses: dict[str, torch.Tensor] | None = None
-
-
-def encoder_kwargs(encoder_config: PreTrainedConfig) -> dict[str, Any]:
-    """Build the encoder without its pooler where it has one: no head here uses it, and under DDP an
-    unused parameter would cost a graph walk every step (`find_unused_parameters`)."""
-    model_class = MODEL_MAPPING.get(type(encoder_config), None)
-    if model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
-        return {"add_pooling_layer": False}
-    return {}
 
 
 class MultiTaskModel(PreTrainedModel):
@@ -197,7 +147,7 @@ class MultiTaskModel(PreTrainedModel):
             choice_mask: (batch, choices) bool, False for padded choices (their score becomes -inf).
             task_batches: task_name -> that task's batch (with labels), instead of `task` and the
                 tensors: one call returns every task's loss in `task_losses`. One call, so that DDP
-                sees one forward for one backward when a step trains every task (see hfmtl/steps.py).
+                sees one forward for one backward when a step trains every task (see hfmtl/training/steps.py).
             **kwargs: passed to the encoder.
         """
         if task_batches is not None:
@@ -290,24 +240,21 @@ class MultiTaskModel(PreTrainedModel):
             config = MultiTaskConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         if not config.peft:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        from .transfer import check_same_architecture, load_source
-
         base = config.peft["base_model"]
-        encoder = load_source(base, key="peft.base_model").encoder
+        encoder, _ = load_encoder(base, key="peft.base_model")
         check_same_architecture(config.encoder, encoder.config, "peft.base_model", base)
         model = cls(config, encoder=encoder)
         adapters.load_adapters_and_heads(model, str(pretrained_model_name_or_path), **hub_kwargs)
         model.eval()
         return model
 
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Upload this model (adapters + heads for a PEFT model) with an hfmtl model card.
-
-        Keyword arguments as in `hfmtl.hub.push_model` (tokenizer, private, revision, commit_message...).
-        """
-        from .hub import push_model  # late: keeps importing modeling light
-
-        return push_model(self, repo_id, **kwargs)
+    def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> str:
+        """Refused: transformers' upload would carry a generic card that says nothing of the tasks and
+        that the model needs hfmtl to load. Use ``hfmtl.push_to_hub(model, repo_id, tokenizer=...)``."""
+        raise HfmtlError(
+            f"model.push_to_hub({repo_id!r}) would upload without hfmtl's model card: use "
+            f"hfmtl.push_to_hub(model, {repo_id!r}, tokenizer=tokenizer) instead"
+        )
 
     def load_weights(self, directory: str | os.PathLike) -> None:
         """Load the weights `save_pretrained` wrote into `directory` into this model, in place."""
@@ -315,6 +262,36 @@ class MultiTaskModel(PreTrainedModel):
             adapters.load_weights_into(self, directory)
         else:
             self.load_state_dict(load_file(str(Path(directory) / "model.safetensors")))
+
+
+def load_encoder(
+    source: str, revision: str | None = None, key: str = "model.init_from"
+) -> tuple[PreTrainedModel, MultiTaskModel | None]:
+    """The plain encoder of `source`, and the hfmtl model it came from (None for any other HF model).
+
+    An hfmtl model with one shared adapter gives its merged encoder; per-task adapters cannot become one
+    encoder, so such a source is refused.
+
+    Raises:
+        ConfigError: `source` cannot be loaded, or holds per-task adapters (named by `key`).
+    """
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{key}={source!r} cannot be loaded: {err}") from err
+    if isinstance(config, MultiTaskConfig):
+        model = MultiTaskModel.from_pretrained(source, revision=revision)
+        if (model.config.peft or {}).get("mode") == "per_task":
+            raise ConfigError(
+                f"{key}={source!r} has one adapter per task, which cannot become one encoder; "
+                "export a task first (hfmtl export) and start from that"
+            )
+        return adapters.merged_encoder(model), model
+    try:
+        encoder = AutoModel.from_pretrained(source, revision=revision, **encoder_kwargs(config))
+    except OSError as err:
+        raise ConfigError(f"{key}={source!r} cannot be loaded: {err}") from err
+    return encoder, None
 
 
 def without_compile_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -334,10 +311,5 @@ def without_compile_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
 _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "subfolder")
 
 
-def register_auto_classes() -> None:
-    """Make `AutoConfig` / `AutoModel` resolve ``model_type: hfmtl`` (idempotent)."""
-    # ValueError: already registered by an earlier import
-    with contextlib.suppress(ValueError):
-        AutoConfig.register(MultiTaskConfig.model_type, MultiTaskConfig)
-    with contextlib.suppress(ValueError):
-        AutoModel.register(MultiTaskConfig, MultiTaskModel)
+# Known to transformers' Auto classes from here on (hfmtl/_auto.py stood in until now).
+AutoModel.register(MultiTaskConfig, MultiTaskModel, exist_ok=True)

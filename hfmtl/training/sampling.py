@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import SAMPLING_CHOICES
-from .errors import ConfigError
-from .typed_config import check_choice
+from ..config import SAMPLING_CHOICES
+from ..errors import ConfigError
+from ..typed import check_choice
 
 
 class TaskSampler:

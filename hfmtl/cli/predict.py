@@ -39,9 +39,9 @@ from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
 from ..errors import HfmtlError
-from ..modeling import MultiTaskConfig
-from .base import PREDICTORS, InputError
-from .predictor import Predictor, optional_file, read_run_config, task_for
+from ..inference.predictor import Predictor, optional_file, read_run_config, task_for
+from ..model.configuration import MultiTaskConfig
+from ..tasks.prediction import PREDICTORS, InputError
 
 METRICS_FILE = "metrics.json"
 
@@ -217,7 +217,7 @@ def model_info(model_name_or_path: str, **hub_kwargs: Any) -> dict[str, Any]:
 
 
 def _peft_info(path: str, peft: dict[str, Any], hub_kwargs: dict[str, Any]) -> dict[str, Any]:
-    from ..adapters import ADAPTERS_DIR, SHARED_ADAPTER
+    from ..model.adapters import ADAPTERS_DIR, SHARED_ADAPTER
 
     first = peft["adapters"][0]
     folder = ADAPTERS_DIR if first == SHARED_ADAPTER else f"{ADAPTERS_DIR}/{first}"

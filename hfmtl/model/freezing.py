@@ -37,7 +37,7 @@ from typing import Any
 
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # Config attributes that hold the number of transformer layers, in the order they are tried
 # (transformers' attribute_map already maps DistilBERT's n_layers to num_hidden_layers; the others

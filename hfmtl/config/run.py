@@ -1,0 +1,171 @@
+"""Typed configuration of a run: YAML file + dotted ``key=value`` overrides -> validated dataclasses.
+
+A run config has four sections::
+
+    model:     the shared encoder (name or path, pooling, max_length)
+    tasks:     one entry per task, keyed by task name; `type` picks the task class from the registry
+    sampling:  how the next task is drawn at each optimizer step
+    train:     optimizer, schedule, evaluation, checkpointing, output directory
+
+Example:
+    >>> cfg = load_config("configs/tiny.yaml", ["train.max_steps=5", "tasks.rte.batch_size=4"])
+    >>> cfg.train.max_steps
+    5
+
+Every value is checked against its field's type hint (YAML's ``5e-5`` is read as a string by PyYAML;
+float fields accept it), and every error names the dotted key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from ..typed import _suggest, build_dataclass
+from .sections import BalancingConfig, ModelConfig, PeftSection, SamplingConfig, StageConfig
+from .train import TrainConfig
+
+
+@dataclass
+class RunConfig:
+    """A whole run: encoder, tasks, sampling and training."""
+
+    model: ModelConfig
+    tasks: dict[str, Any]  # task_name -> a TaskConfig subclass chosen by its `type`
+    train: TrainConfig
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig())
+    peft: PeftSection | None = None
+    balancing: BalancingConfig = field(default_factory=lambda: BalancingConfig())
+    stages: dict[str, StageConfig] | None = None  # stage name -> stage, in training order
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ConfigError("tasks is empty; name at least one task under `tasks:`")
+        if self.stages is not None:
+            self._check_stages()
+            return  # sampling weights and the rest are checked per stage (see hfmtl/config/stages.py)
+        unknown = set(self.sampling.weights or {}) - set(self.tasks)
+        if unknown:
+            raise ConfigError(
+                f"sampling.weights names unknown task(s) {sorted(unknown)}; tasks are {sorted(self.tasks)}"
+            )
+        if self.peft is not None and self.train.freezes_encoder_parts:
+            raise ConfigError("peft already freezes the encoder's weights: drop train.freeze_* (or peft)")
+
+    def _check_stages(self) -> None:
+        if not self.stages:
+            raise ConfigError("stages is empty; name at least one stage or drop `stages:`")
+        for name, stage in self.stages.items():
+            if not stage.tasks:
+                raise ConfigError(f"stages.{name}.tasks is empty; name the tasks this stage trains")
+            for task_name in stage.tasks:
+                if task_name not in self.tasks:
+                    raise ConfigError(
+                        f"stages.{name}.tasks names unknown task {task_name!r}"
+                        f"{_suggest(task_name, self.tasks)}; tasks are {sorted(self.tasks)}"
+                    )
+            # one Accelerator state serves every stage: precision and compilation are the run's
+            whole_run = (
+                "output_dir",
+                "resume_from_checkpoint",
+                "overwrite_output_dir",
+                "mixed_precision",
+                "torch_compile",
+                "torch_compile_backend",
+                "torch_compile_mode",
+            )
+            for key in (*whole_run, "push_to_hub", "hub_model_id"):
+                if key in stage.train:
+                    raise ConfigError(f"stages.{name}.train.{key} is set for the whole run: move it to `train:`")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict that `config_from_dict` turns back into an equal RunConfig."""
+        return dataclasses.asdict(self)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig from a plain nested dict (e.g. parsed YAML)."""
+    from ..tasks import task_config_from_dict  # tasks import config; import late to avoid a cycle
+
+    if not isinstance(data, dict):
+        raise ConfigError("a config must be a mapping with the sections model, tasks, train (and sampling)")
+    sections = {"model", "tasks", "train", "sampling", "peft", "balancing", "stages"}
+    for key in data:
+        if key not in sections:
+            raise ConfigError(f"unknown section {key!r}{_suggest(str(key), sections)}")
+    for key in ("model", "tasks", "train"):
+        if key not in data:
+            raise ConfigError(f"the config has no `{key}:` section")
+    tasks_data = data["tasks"]
+    if not isinstance(tasks_data, dict):
+        raise ConfigError("tasks must be a mapping: task_name -> {type: ..., ...}")
+    tasks = {str(name): task_config_from_dict(str(name), spec) for name, spec in tasks_data.items()}
+    return RunConfig(
+        model=build_dataclass(ModelConfig, data["model"], "model"),
+        tasks=tasks,
+        train=build_dataclass(TrainConfig, data["train"], "train"),
+        sampling=build_dataclass(SamplingConfig, data.get("sampling"), "sampling"),
+        peft=None if data.get("peft") is None else build_dataclass(PeftSection, data["peft"], "peft"),
+        balancing=build_dataclass(BalancingConfig, data.get("balancing"), "balancing"),
+        stages=_build_stages(data.get("stages")),
+    )
+
+
+def _build_stages(data: Any) -> dict[str, StageConfig] | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ConfigError("stages must be a mapping: stage_name -> {tasks: [...], train: {...}}, in training order")
+    return {str(name): build_dataclass(StageConfig, spec, f"stages.{name}") for name, spec in data.items()}
+
+
+def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides to a nested dict; values are parsed as YAML scalars/lists.
+
+    Example:
+        >>> apply_overrides({"train": {"max_steps": 10}}, ["train.max_steps=20"])
+        {'train': {'max_steps': 20}}
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.max_steps=100)")
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Read a YAML config, apply ``key=value`` overrides and validate it.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or a key/value is invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}".replace("\n", " ")) from err
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML; `load_config` on it gives back an equal RunConfig."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
