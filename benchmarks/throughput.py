@@ -170,7 +170,7 @@ def model_flops(model, tokens: int, squared_lengths: int) -> float:
     the N parameters of the transformer layers (forward 2 N, backward 4 N; embeddings are lookups, and the
     pooler and heads see one token per example), plus 12 L d per token and per token it attends to, for L
     layers of width d: an example of n tokens attends n x n, so 12 L d sum(n^2) in all."""
-    from hfmtl.model.freezing import find_encoder_layers
+    from hfmtl.model.backbone import find_encoder_layers
 
     encoder = model.encoder if hasattr(model, "heads") else model.base_model  # hfmtl | transformers
     layers = find_encoder_layers(encoder)

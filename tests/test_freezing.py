@@ -16,7 +16,8 @@ from torch import nn
 
 import hfmtl.model.freezing
 from hfmtl import ConfigError, MultiTaskConfig, MultiTaskModel
-from hfmtl.model.freezing import GradualUnfreezer, build_param_groups, encoder_layer_groups, freeze_encoder_parts
+from hfmtl.model.backbone import encoder_layer_groups
+from hfmtl.model.freezing import GradualUnfreezer, build_param_groups, freeze_encoder_parts
 
 TINY = {
     "hidden_size": 64,

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from . import register_balancer
 from .base import GradientCombiner, _check_number, _check_task_weights
+from .registry import register_balancer
 
 
 @register_balancer("aligned_mtl")

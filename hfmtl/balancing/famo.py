@@ -39,8 +39,8 @@ from typing import Any
 
 import torch
 
-from . import register_balancer
 from .base import LossWeighting, _adam_step, _check_number, _check_task_weights
+from .registry import register_balancer
 
 
 @register_balancer("famo")

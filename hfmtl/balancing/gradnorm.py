@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from . import register_balancer
 from .base import LossWeighting, _adam_step, _check_number
+from .registry import register_balancer
 
 
 def task_gradient_norms(

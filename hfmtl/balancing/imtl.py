@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register_balancer
 from .base import GradientCombiner, _normalized
+from .registry import register_balancer
 
 
 @register_balancer("imtl_g")

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import register_balancer
 from .base import GradientCombiner, _check_number
+from .registry import register_balancer
 
 
 def nash_weights(

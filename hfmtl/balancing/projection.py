@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from . import register_balancer
 from .base import GradientCombiner, _check_number
+from .registry import register_balancer
 
 
 def _others_in_random_order(i: int, count: int, generator: torch.Generator) -> list[int]:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import minimize
 
-from . import register_balancer
 from .base import GradientCombiner, _check_number, _normalized
+from .registry import register_balancer
 
 
 def _two_point(aa: float, ab: float, bb: float) -> float:

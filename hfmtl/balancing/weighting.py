@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import register_balancer
 from .base import LossWeighting, _check_number, _check_task_weights
+from .registry import register_balancer
 
 
 @register_balancer("equal")

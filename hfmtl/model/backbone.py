@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from torch import nn
 from transformers import PreTrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
@@ -39,3 +40,90 @@ def check_same_architecture(target: Any, source: Any, key: str, source_name: str
                 f"is a {target.model_type} encoder with {name}={ours}; start from a checkpoint of the same "
                 "architecture (or change model.name_or_path)"
             )
+
+
+# Config attributes that hold the number of transformer layers, in the order they are tried
+# (transformers' attribute_map already maps DistilBERT's n_layers to num_hidden_layers; the others
+# cover configs without one).
+_NUM_LAYERS_ATTRIBUTES = ("num_hidden_layers", "n_layers", "num_layers", "n_layer")
+_LAYER_OPTIONS = "freezing the embeddings or bottom layers, layer-wise lr decay and gradual unfreezing"
+
+
+def encoder_type(encoder: nn.Module) -> str:
+    """The encoder's model type (e.g. 'bert'), or its class name when it has no config."""
+    config = getattr(encoder, "config", None)
+    return str(getattr(config, "model_type", None) or type(encoder).__name__)
+
+
+def _num_layers(encoder: nn.Module) -> int | None:
+    config = getattr(encoder, "config", None)  # a PeftModel forwards `config` to the model it wraps
+    for name in _NUM_LAYERS_ATTRIBUTES:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def find_encoder_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The `nn.ModuleList` of the encoder's transformer layers (bottom to top)."""
+    num_layers = _num_layers(encoder)
+    candidates: list[nn.ModuleList] = []
+    inside: set[int] = set()  # modules under an earlier candidate: a list nested in a layer is no layer list
+    for module in encoder.modules():  # pre-order: an outer list comes before the lists inside it
+        if id(module) in inside:
+            continue
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            candidates.append(module)
+            inside.update(id(m) for m in module.modules())
+    if not candidates:
+        found = (
+            f"no nn.ModuleList of num_hidden_layers={num_layers} modules"
+            if num_layers
+            else "no layer count in its config"
+        )
+        raise ConfigError(
+            f"cannot find the transformer layers of encoder type {encoder_type(encoder)!r} ({found}); "
+            f"{_LAYER_OPTIONS} need them: turn those options off for this encoder"
+        )
+    # Two separate lists of L modules (say, layers and per-layer norms): the layers hold most weights.
+    return max(candidates, key=lambda layers: sum(p.numel() for p in layers.parameters()))
+
+
+def encoder_layer_groups(encoder: nn.Module) -> list[list[nn.Parameter]]:
+    """The encoder's parameters cut into L + 1 groups: embeddings and the rest, then layer 1..L.
+
+    Group 0 holds the embeddings and every encoder parameter that is not inside a transformer layer:
+    DeBERTa-v2's relative position embeddings and their LayerNorm (used by every layer, so they go
+    with the bottom), ELECTRA's embedding projection, a pooler when the encoder has one (MultiTaskModel
+    builds encoders without it), prompt-tuning parameters of PEFT. Groups 1..L are the layers from
+    bottom to top, each with whatever sits inside it (LoRA A/B matrices included). Every parameter is
+    in exactly one group, frozen ones too; a parameter shared by several layers goes with the lowest.
+
+    The layers are the `nn.ModuleList` whose length is the config's number of layers
+    (``num_hidden_layers``; DistilBERT's ``n_layers``), found by module identity, so it works through
+    a PEFT wrapper.
+
+    Args:
+        encoder: a transformers encoder, or a PEFT model wrapping one.
+
+    Returns:
+        L + 1 lists of parameters, in ``encoder.parameters()`` order within each group.
+
+    Raises:
+        ConfigError: the encoder has no such layer list (e.g. ALBERT, whose layers are shared).
+
+    Example:
+        >>> import transformers
+        >>> config = transformers.DistilBertConfig(vocab_size=100, dim=32, n_layers=3, n_heads=2, hidden_dim=64)
+        >>> len(encoder_layer_groups(transformers.AutoModel.from_config(config)))
+        4
+    """
+    layers = find_encoder_layers(encoder)
+    owner: dict[int, int] = {}
+    for index, layer in enumerate(layers, start=1):
+        for param in layer.parameters():
+            owner.setdefault(id(param), index)
+    groups: list[list[nn.Parameter]] = [[] for _ in range(len(layers) + 1)]
+    for param in encoder.parameters():  # deduplicated: a tied parameter is listed once
+        groups[owner.get(id(param), 0)].append(param)
+    return groups

@@ -32,7 +32,7 @@ import torch
 from ..balancing import GradientCombiner, balancer_options, get_balancer
 from ..balancing.gradnorm import task_gradient_norms
 from ..model.adapters import update_adalora_budget
-from ..model.freezing import encoder_layer_groups
+from ..model.backbone import encoder_layer_groups
 
 if TYPE_CHECKING:
     from .trainer import MultiTaskTrainer
