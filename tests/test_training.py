@@ -13,6 +13,7 @@ import transformers
 import yaml
 from conftest import (
     TASK_CONFIGS,
+    CrashAt,
     assert_reloaded_logits_equal,
     make_config,
     reset_accelerate_state,
@@ -24,7 +25,6 @@ from safetensors.torch import load_file
 import hfmtl
 from hfmtl import cli
 from hfmtl.training.checkpointing import latest_checkpoint, list_checkpoints
-from hfmtl.training.trainer import MultiTaskTrainer
 
 TWO_TASKS = {"rte": TASK_CONFIGS["rte"], "ner": TASK_CONFIGS["ner"]}
 
@@ -87,18 +87,7 @@ def test_a_lower_is_better_main_metric_keeps_its_lowest_checkpoint(tiny_encoder_
     assert f"mse ↓ {lowest['eval/stsb/mse']:.4f}" in (out / "README.md").read_text()
 
 
-def _train_with_interrupt(monkeypatch, trainer_cls, stop_at: int) -> None:
-    original = trainer_cls._train_step
-
-    def step(self, task_name):
-        if self.state.global_step == stop_at:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, task_name)
-
-    monkeypatch.setattr(trainer_cls, "_train_step", step)
-
-
-def test_resume_continues_exactly(tiny_encoder_dir, tmp_path, monkeypatch):
+def test_resume_continues_exactly(tiny_encoder_dir, tmp_path):
     """N steps straight == N/2 steps, a crash, and a resume for the rest: identical weights."""
     common = {"max_steps": 10, "save_steps": 5, "eval_steps": None, "load_best_model_at_end": False}
     straight = tmp_path / "straight"
@@ -106,10 +95,8 @@ def test_resume_continues_exactly(tiny_encoder_dir, tmp_path, monkeypatch):
 
     resumed = tmp_path / "resumed"
     cfg = write_config(tmp_path / "b.yaml", make_config(tiny_encoder_dir, resumed, TWO_TASKS, **common))
-    with monkeypatch.context() as patch:
-        _train_with_interrupt(patch, MultiTaskTrainer, stop_at=7)  # dies after checkpoint-5, mid-run
-        with pytest.raises(KeyboardInterrupt):
-            run_recipe(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(cfg, callbacks=[CrashAt(8)])  # dies after checkpoint-5, mid-run
     assert latest_checkpoint(resumed).name == "checkpoint-5"
     reset_accelerate_state()
     run_recipe(cfg, "train.resume_from_checkpoint=latest")
