@@ -84,7 +84,7 @@ def run(args: argparse.Namespace, callbacks: Sequence[TrainerCallback] = ()) -> 
     return trainer
 
 
-def run_callbacks(config: RunConfig) -> list[TrainerCallback]:
+def callbacks_for(config: RunConfig) -> list[TrainerCallback]:
     """The side jobs of a training, from its config. At the end of the training they run in this order:
     the card and the plot are in the output directory before the push uploads it, and the trackers
     finish last."""
@@ -101,7 +101,7 @@ def run_callbacks(config: RunConfig) -> list[TrainerCallback]:
 
 def train_stage(config: RunConfig, accelerator, callbacks: Sequence[TrainerCallback] = ()) -> MultiTaskTrainer:
     """One training: the tasks of `config` from its encoder (or `model.init_from`) to a saved model;
-    `callbacks` run after the config's own (`run_callbacks`)."""
+    `callbacks` run after the config's own (`callbacks_for`)."""
     output_dir = Path(config.train.output_dir)
     set_seed(config.train.seed)
 
@@ -152,7 +152,7 @@ def train_stage(config: RunConfig, accelerator, callbacks: Sequence[TrainerCallb
 
     # 6. Train: sample a task per step, evaluate every task every eval_steps, checkpoint, save; then the
     #    side jobs: the model card, the gradient-similarity plot, the Hub push, the trackers' end.
-    side_jobs = [*run_callbacks(config), *callbacks]
+    side_jobs = [*callbacks_for(config), *callbacks]
     trainer = MultiTaskTrainer(model, tasks, data, tokenizer, config, accelerator, side_jobs)
     history = trainer.train()
 

@@ -53,7 +53,7 @@ class MultiTaskTrainer:
         accelerator: from `hfmtl.training.setup.build_accelerator`.
         callbacks: side jobs (`TrainerCallback`), called in this order. What a config asks for beyond
             the loop -- trackers (``train.report_to``), the model card, Hub pushes, gradient similarity
-            -- runs only through them: recipes/train.py's `run_callbacks` builds that set.
+            -- runs only through them: recipes/train.py's `callbacks_for` builds that set.
     """
 
     def __init__(
