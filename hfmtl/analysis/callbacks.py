@@ -49,24 +49,8 @@ class GradientSimilarityCallback(TrainerCallback):
     def on_train_begin(self, trainer: MultiTaskTrainer) -> None:
         if not trainer.accelerator.is_main_process:
             return
-        names = list(trainer.tasks)
-        self.tracker = GradientSimilarityTracker(names)
-        seed = trainer.args.seed + _PROBE_SEED_OFFSET
-        self._probes = {
-            name: next(
-                iter(
-                    build_train_loader(
-                        trainer.tasks[name],
-                        trainer.data[name].train,
-                        trainer.tokenizer,
-                        trainer.batch_sizes[name],
-                        seed,
-                        False,
-                    )
-                )
-            )
-            for name in names
-        }
+        self.tracker = GradientSimilarityTracker(list(trainer.tasks))
+        self._probes = {name: _probe_batch(trainer, name) for name in trainer.tasks}
 
     def on_step_end(self, trainer: MultiTaskTrainer, step: int, task_names: list[str]) -> None:
         if self.tracker is None or step % self.every_steps:
@@ -88,3 +72,16 @@ class GradientSimilarityCallback(TrainerCallback):
             trainer.output_dir / "gradient_similarity.png",
             title=f"gradient cosine, mean of steps {tracker.steps[0]}-{tracker.steps[-1]}",
         )
+
+
+def _probe_batch(trainer: MultiTaskTrainer, task_name: str) -> dict[str, Any]:
+    """The first batch of a loader of the task's own (its own seed, no length grouping)."""
+    loader = build_train_loader(
+        trainer.tasks[task_name],
+        trainer.data[task_name].train,
+        trainer.tokenizer,
+        trainer.batch_sizes[task_name],
+        seed=trainer.args.seed + _PROBE_SEED_OFFSET,
+        group_by_length=False,
+    )
+    return next(iter(loader))
