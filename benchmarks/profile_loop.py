@@ -93,7 +93,6 @@ def profile(args: argparse.Namespace, model: str | None) -> dict[str, Any]:
     from hfmtl.config import config_from_dict
     from hfmtl.model.modeling import MultiTaskModel
     from hfmtl.training.setup import build_accelerator
-    from hfmtl.training.trainer import MultiTaskTrainer
 
     config = config_from_dict(_run_config(args, model))
     accelerator = build_accelerator(config, cpu=args.cpu)
@@ -104,19 +103,10 @@ def profile(args: argparse.Namespace, model: str | None) -> dict[str, Any]:
         record_shapes=False,
     )
 
-    # Label the loop's parts by wrapping the methods it calls (the loop's own code is not touched).
-    def profiled(train_step):
-        def step(self, tasks):
-            with torch.profiler.record_function("hfmtl/step"):
-                train_step(self, tasks)
-            profiler.step()
-
-        return step
-
+    # Label the loop's parts: a trainer callback opens and closes each step's range and labels the
+    # trainer's batch source, optimizer and scheduler; the library methods a step calls are wrapped
+    # (the loop's own code is not touched).
     patches = {
-        (MultiTaskTrainer, "_train_step"): profiled(MultiTaskTrainer._train_step),
-        (MultiTaskTrainer, "_train_all_tasks_step"): profiled(MultiTaskTrainer._train_all_tasks_step),
-        (MultiTaskTrainer, "_next_batch"): _labelled(MultiTaskTrainer._next_batch, "hfmtl/next_batch"),
         (MultiTaskModel, "forward"): _labelled(MultiTaskModel.forward, "hfmtl/forward"),
         (Accelerator, "backward"): _labelled(Accelerator.backward, "hfmtl/backward"),
         (Accelerator, "clip_grad_norm_"): _labelled(Accelerator.clip_grad_norm_, "hfmtl/clip_grad_norm"),
@@ -128,7 +118,7 @@ def profile(args: argparse.Namespace, model: str | None) -> dict[str, Any]:
     try:
         recipe = runpy.run_path(str(REPO / "recipes" / "train.py"), run_name="profile_recipe")
         with profiler:
-            trainer = _train_with_labelled_optimizer(recipe, config, accelerator)
+            trainer = recipe["train_stage"](config, accelerator, [_labelling_callback(profiler)])
     finally:
         for (owner, name), original in originals.items():
             setattr(owner, name, original)
@@ -138,23 +128,29 @@ def profile(args: argparse.Namespace, model: str | None) -> dict[str, Any]:
     return _breakdown(profiler, args.steps) | {"optimizer": type(trainer.optimizer.optimizer).__name__}
 
 
-def _train_with_labelled_optimizer(recipe: dict, config, accelerator):
-    """`train_stage`, with the optimizer's and scheduler's steps and zero_grad labelled once they exist."""
-    from hfmtl.training.trainer import MultiTaskTrainer
+def _labelling_callback(profiler):
+    """A trainer callback: each optimizer step in an "hfmtl/step" range, then the profiler's next step;
+    the batch fetches, the optimizer's and scheduler's steps and zero_grad labelled once training begins."""
+    from torch.profiler import record_function
 
-    original_init = MultiTaskTrainer.__init__
+    from hfmtl.training.callbacks import TrainerCallback
 
-    def init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.optimizer.step = _labelled(self.optimizer.step, "hfmtl/optimizer_step")
-        self.optimizer.zero_grad = _labelled(self.optimizer.zero_grad, "hfmtl/zero_grad")
-        self.scheduler.step = _labelled(self.scheduler.step, "hfmtl/optimizer_step")
+    class LabelSteps(TrainerCallback):
+        def on_train_begin(self, trainer):
+            trainer.batches.next = _labelled(trainer.batches.next, "hfmtl/next_batch")
+            trainer.optimizer.step = _labelled(trainer.optimizer.step, "hfmtl/optimizer_step")
+            trainer.optimizer.zero_grad = _labelled(trainer.optimizer.zero_grad, "hfmtl/zero_grad")
+            trainer.scheduler.step = _labelled(trainer.scheduler.step, "hfmtl/optimizer_step")
 
-    MultiTaskTrainer.__init__ = init
-    try:
-        return recipe["train_stage"](config, accelerator)
-    finally:
-        MultiTaskTrainer.__init__ = original_init
+        def on_step_begin(self, trainer, step, task_names):
+            self.step_range = record_function("hfmtl/step")
+            self.step_range.__enter__()
+
+        def on_step_end(self, trainer, step, task_names):
+            self.step_range.__exit__(None, None, None)
+            profiler.step()
+
+    return LabelSteps()
 
 
 def _breakdown(profiler, steps: int) -> dict[str, Any]:

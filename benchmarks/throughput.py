@@ -17,9 +17,9 @@ Every run also reports model TFLOP/s (6 N per non-padding token plus attention);
 bf16 H100/H200, or --peak-tflops) the model FLOPs utilisation (MFU) is printed too.
 
 Evaluation and checkpoints are off on both sides. hfmtl runs its real code path: a config built by
-`hfmtl.config.config_from_dict` and `recipes/train.py`'s `train_stage`, instrumented by wrapping
-`MultiTaskTrainer._next_batch` and `MultiTaskTrainer._train_step`; the Trainer by overriding `training_step`
-(to count the batch) and a callback at `on_step_end`. Timed: the training loop from the end of the warm-up
+`hfmtl.config.config_from_dict` and `recipes/train.py`'s `train_stage`, instrumented by a trainer callback
+(it wraps the trainer's `batches.next` to count each batch, and reads the clock at `on_step_end`); the
+Trainer by overriding `training_step` (to count the batch) and a callback at `on_step_end`. Timed: the training loop from the end of the warm-up
 step(s) to the end of the last step (data loading, forward, backward, clipping, optimizer and scheduler
 steps, loss logging); model loading, tokenization, setup and the final save are not timed.
 
@@ -255,25 +255,12 @@ def _run_hfmtl(spec: dict[str, Any]) -> dict[str, Any]:
 
     from hfmtl.config import config_from_dict
     from hfmtl.training.setup import build_accelerator
-    from hfmtl.training.trainer import MultiTaskTrainer
 
     config = config_from_dict(_run_config(spec))
     accelerator = build_accelerator(config, cpu=spec["cpu"])
     probe = _Probe(spec["warmup_steps"], spec["steps"])
-    next_batch, train_step = MultiTaskTrainer._next_batch, MultiTaskTrainer._train_step
-
-    def counted_next_batch(self, task_name):
-        batch = next_batch(self, task_name)
-        probe.on_batch(self.state.global_step, batch, self.accelerator.device, task_name)
-        return batch
-
-    def timed_train_step(self, task_name):
-        train_step(self, task_name)
-        probe.on_step_end(self.state.global_step + 1, self.accelerator.device)  # global_step counts it after
-
-    MultiTaskTrainer._next_batch, MultiTaskTrainer._train_step = counted_next_batch, timed_train_step
     recipe = runpy.run_path(str(REPO / "recipes" / "train.py"), run_name="throughput_recipe")
-    trainer = recipe["train_stage"](config, accelerator)
+    trainer = recipe["train_stage"](config, accelerator, [_probe_callback(probe)])
     model = accelerator.unwrap_model(trainer.model)
     return probe.result(accelerator.device, accelerator.unwrap_model(trainer.model)) | {
         "optimizer": _optimizer_description(trainer.optimizer),
@@ -281,6 +268,28 @@ def _run_hfmtl(spec: dict[str, Any]) -> dict[str, Any]:
         "pin_memory": next(iter(trainer.train_loaders.values())).pin_memory,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+
+
+def _probe_callback(probe: _Probe):
+    """A callback of hfmtl's trainer that feeds `probe`: each batch a step takes (the trainer's
+    `batches.next` wrapped once training begins) and the end of each step."""
+    from hfmtl.training.callbacks import TrainerCallback
+
+    class Probed(TrainerCallback):
+        def on_train_begin(self, trainer):
+            next_batch, device = trainer.batches.next, trainer.accelerator.device
+
+            def counted_next_batch(task_name):
+                batch = next_batch(task_name)
+                probe.on_batch(trainer.state.global_step, batch, device, task_name)
+                return batch
+
+            trainer.batches.next = counted_next_batch
+
+        def on_step_end(self, trainer, step, task_names):
+            probe.on_step_end(step, trainer.accelerator.device)
+
+    return Probed()
 
 
 def _run_trainer(spec: dict[str, Any]) -> dict[str, Any]:

@@ -4,9 +4,10 @@
     accelerate launch recipes/train.py --config configs/glue.yaml [section.key=value ...]
     python recipes/train.py --config configs/tiny.yaml train.max_steps=20
 
-Reads top to bottom: config -> Accelerator -> tasks -> data -> model (+ init_from, + PEFT) -> trainer
--> saved model. The output directory gets the model (`save_pretrained` + tokenizer), `config.yaml` (the
-resolved run config), `metrics.json` (every evaluation of every task), `train.log` and `checkpoints/`.
+Reads top to bottom: config -> Accelerator -> tasks -> data -> model (+ init_from, + PEFT) -> the
+callbacks the config asks for -> trainer -> saved model. The output directory gets the model
+(`save_pretrained` + tokenizer), `config.yaml` (the resolved run config), `metrics.json` (every
+evaluation of every task), `README.md` (the model card), `train.log` and `checkpoints/`.
 A config with `stages:` runs this once per stage, each stage in `<output_dir>/<stage>/` and starting
 from the stage before it (see hfmtl/config/stages.py).
 Reload with ``import hfmtl; transformers.AutoModel.from_pretrained(output_dir)``.
@@ -16,16 +17,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from accelerate.utils import set_seed
 
 from hfmtl import MultiTaskModel, build_task, load_config
+from hfmtl.analysis.callbacks import GradientSimilarityCallback
 from hfmtl.config import RunConfig, save_config
 from hfmtl.config.stages import plan_stages, write_stages_summary
 from hfmtl.errors import exit_status_of
 from hfmtl.model.adapters import add_adapters
 from hfmtl.model.transfer import initialize_from
+from hfmtl.publish.callbacks import HubPushCallback, ModelCardCallback
+from hfmtl.training.callbacks import TrackersCallback, TrainerCallback
 from hfmtl.training.data import load_tokenizer, prepare_task_data
 from hfmtl.training.setup import build_accelerator, check_output_dir, logger, setup_logging
 from hfmtl.training.trainer import MultiTaskTrainer
@@ -51,8 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> MultiTaskTrainer:
-    """The whole run, stage by stage; returns the last stage's trainer (its model holds the final weights)."""
+def run(args: argparse.Namespace, callbacks: Sequence[TrainerCallback] = ()) -> MultiTaskTrainer:
+    """The whole run, stage by stage; returns the last stage's trainer (its model holds the final weights).
+    `callbacks` join every stage's own (a test's crash, a benchmark's clock)."""
     # 1. Config: typed and validated (every stage of it) before anything is loaded or written.
     config = load_config(args.config, args.overrides)
     check_output_dir(config)
@@ -69,7 +75,7 @@ def run(args: argparse.Namespace) -> MultiTaskTrainer:
         accelerator = build_accelerator(stage.config, cpu=args.cpu)
         if stage.name is not None:
             logger.info("=== stage %r: tasks %s ===", stage.name, list(stage.config.tasks))
-        trainer = train_stage(stage.config, accelerator)
+        trainer = train_stage(stage.config, accelerator, callbacks)
     if config.stages is not None and (accelerator is None or accelerator.is_main_process):
         write_stages_summary(config, stages)
         print(f"Stages finished; the final model is in {stages[-1].output_dir}")
@@ -78,8 +84,24 @@ def run(args: argparse.Namespace) -> MultiTaskTrainer:
     return trainer
 
 
-def train_stage(config: RunConfig, accelerator) -> MultiTaskTrainer:
-    """One training: the tasks of `config` from its encoder (or `model.init_from`) to a saved model."""
+def callbacks_for(config: RunConfig) -> list[TrainerCallback]:
+    """The side jobs of a training, from its config. At the end of the training they run in this order:
+    the card and the plot are in the output directory before the push uploads it, and the trackers
+    finish last."""
+    train = config.train
+    callbacks: list[TrainerCallback] = [ModelCardCallback()]
+    if train.gradient_similarity_steps:
+        callbacks.append(GradientSimilarityCallback(train.gradient_similarity_steps))
+    if train.push_to_hub:
+        callbacks.append(HubPushCallback(train))
+    if train.report_to:
+        callbacks.append(TrackersCallback())
+    return callbacks
+
+
+def train_stage(config: RunConfig, accelerator, callbacks: Sequence[TrainerCallback] = ()) -> MultiTaskTrainer:
+    """One training: the tasks of `config` from its encoder (or `model.init_from`) to a saved model;
+    `callbacks` run after the config's own (`callbacks_for`)."""
     output_dir = Path(config.train.output_dir)
     set_seed(config.train.seed)
 
@@ -128,8 +150,10 @@ def train_stage(config: RunConfig, accelerator) -> MultiTaskTrainer:
     accelerator.wait_for_everyone()
     setup_logging(accelerator, output_dir / "train.log")
 
-    # 6. Train: sample a task per step, evaluate every task every eval_steps, checkpoint, save.
-    trainer = MultiTaskTrainer(model, tasks, data, tokenizer, config, accelerator)
+    # 6. Train: sample a task per step, evaluate every task every eval_steps, checkpoint, save; then the
+    #    side jobs: the model card, the gradient-similarity plot, the Hub push, the trackers' end.
+    side_jobs = [*callbacks_for(config), *callbacks]
+    trainer = MultiTaskTrainer(model, tasks, data, tokenizer, config, accelerator, side_jobs)
     history = trainer.train()
 
     # 7. Report the evaluation of the saved weights.

@@ -15,6 +15,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
+from hfmtl.training.callbacks import TrainerCallback  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 DATA = SHARED / "data"
@@ -140,10 +142,22 @@ def assert_reloaded_logits_equal(actual, expected) -> None:
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
-def run_recipe(config_path: Path, *overrides: str):
-    """recipes/train.py's `run` in this process, on the CPU; returns the (last stage's) trainer."""
+class CrashAt(TrainerCallback):
+    """Dies as optimizer step `step` (counted from 1) begins, as a run killed mid-training would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, trainer, step, task_names):
+        if step == self.step:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def run_recipe(config_path: Path, *overrides: str, callbacks=()):
+    """recipes/train.py's `run` in this process, on the CPU, with extra trainer `callbacks`; returns the
+    (last stage's) trainer."""
     import argparse
     import runpy
 
     recipe = runpy.run_path(str(REPO_ROOT / "recipes" / "train.py"), run_name="recipe_train")
-    return recipe["run"](argparse.Namespace(config=str(config_path), overrides=list(overrides), cpu=True))
+    return recipe["run"](argparse.Namespace(config=str(config_path), overrides=list(overrides), cpu=True), callbacks)

@@ -8,14 +8,14 @@ import json
 
 import pytest
 import torch
-from conftest import TASK_CONFIGS, make_config, reset_accelerate_state, run_recipe, write_config
+from conftest import TASK_CONFIGS, CrashAt, make_config, reset_accelerate_state, run_recipe, write_config
 from safetensors.torch import load_file
 
-import hfmtl.training.trainer
 from hfmtl import ConfigError, MultiTaskModel, load_config
 from hfmtl.balancing import BALANCERS, get_balancer
+from hfmtl.training.callbacks import TrainerCallback
 from hfmtl.training.checkpointing import latest_checkpoint
-from hfmtl.training.steps import _shared_gradients, _write_shared_gradient, step_tasks
+from hfmtl.training.steps import _shared_gradients, _write_shared_gradient
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -72,7 +72,7 @@ def test_shared_gradients_are_each_tasks_own_and_written_back_in_place(tiny_enco
     torch.testing.assert_close(torch.cat([p.grad.reshape(-1) for p in params]), combined.grad)
 
 
-def test_a_stateful_strategy_resumes_exactly(tiny_encoder_dir, tmp_path, monkeypatch):
+def test_a_stateful_strategy_resumes_exactly(tiny_encoder_dir, tmp_path):
     """N all-tasks steps straight == N/2, a crash, and a resume: identical weights and DWA history."""
     common = {"max_steps": 6, "save_steps": 3, "eval_steps": None, "load_best_model_at_end": False}
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -83,17 +83,8 @@ def test_a_stateful_strategy_resumes_exactly(tiny_encoder_dir, tmp_path, monkeyp
     cfg_b = config_for(tiny_encoder_dir, resumed, "dwa", **common)
     cfg_b["balancing"]["options"] = {"window_steps": 2}
     cfg = write_config(tmp_path / "b.yaml", cfg_b)
-    original = hfmtl.training.trainer.all_tasks_step
-
-    def crashing(trainer, task_names):
-        if trainer.state.global_step == 4:
-            raise KeyboardInterrupt("simulated crash")
-        return original(trainer, task_names)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(hfmtl.training.trainer, "all_tasks_step", crashing)
-        with pytest.raises(KeyboardInterrupt):
-            run_recipe(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(cfg, callbacks=[CrashAt(5)])  # dies after checkpoint-3, mid-run
     assert latest_checkpoint(resumed).name == "checkpoint-3"
     reset_accelerate_state()
     run_recipe(cfg, "train.resume_from_checkpoint=latest")
@@ -109,7 +100,7 @@ def test_uncertainty_weighting_learns_its_log_variances_with_one_task_per_step(t
     out = tmp_path / "out"
     config = config_for(tiny_encoder_dir, out, "uncertainty", step="one_task", max_steps=6, learning_rate=0.05)
     trainer = run_recipe(write_config(tmp_path / "run.yaml", config))
-    learned = torch.cat([p.detach().reshape(-1) for p in trainer.balancer.parameters()])
+    learned = torch.cat([p.detach().reshape(-1) for p in trainer.runner.balancer.parameters()])
     assert learned.abs().max() > 0  # they moved from their initial 0
     assert any(g.get("name") == "balancer" and g["weight_decay"] == 0.0 for g in trainer.optimizer.param_groups)
 
@@ -124,18 +115,26 @@ def test_uncertainty_log_variances_train_at_their_own_learning_rate(options, lr,
     assert group["initial_lr"] == lr and group["weight_decay"] == 0.0
     model_group = next(g for g in trainer.optimizer.param_groups if g.get("name") != "balancer")
     assert model_group["initial_lr"] == 1e-5
-    moved = max(abs(float(p.detach())) for p in trainer.balancer.parameters())
+    moved = max(abs(float(p.detach())) for p in trainer.runner.balancer.parameters())
     assert moved > 100 * 4 * 1e-5, moved  # far more than 4 steps at the model's rate could move them
 
 
 def test_tasks_per_step_draws_a_seeded_subset(tiny_encoder_dir, tmp_path):
     config = config_for(tiny_encoder_dir, tmp_path / "out", "equal", max_steps=4)
     config["balancing"]["tasks_per_step"] = 2
-    trainer = run_recipe(write_config(tmp_path / "run.yaml", config))
-    draws = [step_tasks(trainer, step) for step in range(20)]
+    trained = []
+
+    class Record(TrainerCallback):
+        def on_step_end(self, trainer, step, task_names):
+            trained.append(task_names)
+
+    trainer = run_recipe(write_config(tmp_path / "run.yaml", config), callbacks=[Record()])
+    k = trainer.config.balancing.tasks_per_step
+    draws = [trainer.sampler.tasks_of_step(step, k) for step in range(20)]
     assert all(len(d) == 2 and len(set(d)) == 2 for d in draws)
-    assert draws == [step_tasks(trainer, step) for step in range(20)]  # a function of the step alone
+    assert draws == [trainer.sampler.tasks_of_step(step, k) for step in range(20)]  # a function of the step alone
     assert len({tuple(d) for d in draws}) > 1
+    assert trained == draws[:4]  # what the 4 steps trained
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import datasets
 import numpy as np
 import pytest
 import yaml
-from conftest import TASK_CONFIGS, make_config, reset_accelerate_state, write_config
+from conftest import TASK_CONFIGS, CrashAt, make_config, reset_accelerate_state, write_config
 
 from hfmtl import cli
 from hfmtl.errors import ConfigError
@@ -141,15 +141,14 @@ def test_rerun_with_resume_skips_finished_folds(cv_run, monkeypatch):
 
     # fold 1 crashes after its checkpoint at step 2; the rerun skips fold 0 and resumes fold 1 exactly
     shutil.rmtree(out / "fold-1")
-    original = MultiTaskTrainer._train_step
+    original = MultiTaskTrainer.train
 
-    def crash_at_step_3(self, task_name):
-        if self.state.global_step == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, task_name)
+    def train_until_a_crash(self):  # the CLI builds the trainer: the crash joins it as it starts
+        self.add_callback(CrashAt(4))
+        return original(self)
 
     with monkeypatch.context() as patch:
-        patch.setattr(MultiTaskTrainer, "_train_step", crash_at_step_3)
+        patch.setattr(MultiTaskTrainer, "train", train_until_a_crash)
         with pytest.raises(KeyboardInterrupt):
             _cv(str(path), "--folds", str(FOLDS), "--output", str(out), "train.resume_from_checkpoint=latest")
     assert not (out / "fold-1" / "metrics.json").exists()

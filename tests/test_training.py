@@ -13,6 +13,7 @@ import transformers
 import yaml
 from conftest import (
     TASK_CONFIGS,
+    CrashAt,
     assert_reloaded_logits_equal,
     make_config,
     reset_accelerate_state,
@@ -23,8 +24,8 @@ from safetensors.torch import load_file
 
 import hfmtl
 from hfmtl import cli
+from hfmtl.training.callbacks import TrainerCallback
 from hfmtl.training.checkpointing import latest_checkpoint, list_checkpoints
-from hfmtl.training.trainer import MultiTaskTrainer
 
 TWO_TASKS = {"rte": TASK_CONFIGS["rte"], "ner": TASK_CONFIGS["ner"]}
 
@@ -87,18 +88,64 @@ def test_a_lower_is_better_main_metric_keeps_its_lowest_checkpoint(tiny_encoder_
     assert f"mse ↓ {lowest['eval/stsb/mse']:.4f}" in (out / "README.md").read_text()
 
 
-def _train_with_interrupt(monkeypatch, trainer_cls, stop_at: int) -> None:
-    original = trainer_cls._train_step
+def test_callbacks_see_every_hook_in_order_with_its_outputs_written(tiny_encoder_dir, tmp_path):
+    out = tmp_path / "out"
+    cfg = write_config(
+        tmp_path / "run.yaml", make_config(tiny_encoder_dir, out, TWO_TASKS, max_steps=4, eval_steps=2, save_steps=2)
+    )
+    seen, trained = [], {"rte": 0, "ner": 0}
 
-    def step(self, task_name):
-        if self.state.global_step == stop_at:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, task_name)
+    class Witness(TrainerCallback):
+        def on_train_begin(self, trainer):
+            seen.append(("train_begin", trainer.state.global_step))
 
-    monkeypatch.setattr(trainer_cls, "_train_step", step)
+        def on_step_begin(self, trainer, step, task_names):
+            seen.append(("step_begin", step, trainer.state.global_step))
+
+        def on_step_end(self, trainer, step, task_names):
+            assert trainer.state.global_step == step and len(task_names) == 1
+            trained[task_names[0]] += 1
+            seen.append(("step_end", step))
+
+        def on_evaluate(self, trainer, step, results):
+            metrics = json.loads((out / "metrics.json").read_text())  # already holds this evaluation
+            assert metrics["history"][-1] == {"step": step, "epoch": metrics["history"][-1]["epoch"], **results}
+            assert "train" not in metrics
+            seen.append(("evaluate", step))
+
+        def on_save(self, trainer, step, directory):
+            assert directory == latest_checkpoint(out) and directory.name == f"checkpoint-{step}"
+            seen.append(("save", step))
+
+        def on_train_end(self, trainer):
+            # the final model and metrics.json first, then the config's side jobs (the card), then this one
+            assert (out / "model.safetensors").is_file() and not (out / "best").exists()
+            assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 4
+            assert (out / "README.md").is_file()
+            seen.append(("train_end",))
+
+    trainer = run_recipe(cfg, callbacks=[Witness()])
+    assert seen == [
+        ("train_begin", 0),
+        ("step_begin", 1, 0),
+        ("step_end", 1),
+        ("step_begin", 2, 1),
+        ("step_end", 2),
+        ("evaluate", 2),
+        ("save", 2),
+        ("step_begin", 3, 2),
+        ("step_end", 3),
+        ("step_begin", 4, 3),
+        ("step_end", 4),
+        ("evaluate", 4),
+        ("save", 4),
+        ("train_end",),
+    ]
+    # the task names a step announced are the ones it trained: one batch each
+    assert trained == {name: p["batches"] for name, p in trainer.state.positions.items()}
 
 
-def test_resume_continues_exactly(tiny_encoder_dir, tmp_path, monkeypatch):
+def test_resume_continues_exactly(tiny_encoder_dir, tmp_path):
     """N steps straight == N/2 steps, a crash, and a resume for the rest: identical weights."""
     common = {"max_steps": 10, "save_steps": 5, "eval_steps": None, "load_best_model_at_end": False}
     straight = tmp_path / "straight"
@@ -106,10 +153,8 @@ def test_resume_continues_exactly(tiny_encoder_dir, tmp_path, monkeypatch):
 
     resumed = tmp_path / "resumed"
     cfg = write_config(tmp_path / "b.yaml", make_config(tiny_encoder_dir, resumed, TWO_TASKS, **common))
-    with monkeypatch.context() as patch:
-        _train_with_interrupt(patch, MultiTaskTrainer, stop_at=7)  # dies after checkpoint-5, mid-run
-        with pytest.raises(KeyboardInterrupt):
-            run_recipe(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(cfg, callbacks=[CrashAt(8)])  # dies after checkpoint-5, mid-run
     assert latest_checkpoint(resumed).name == "checkpoint-5"
     reset_accelerate_state()
     run_recipe(cfg, "train.resume_from_checkpoint=latest")

@@ -1,10 +1,11 @@
-"""Atomic checkpoints in ``<output_dir>/checkpoints/checkpoint-<step>``.
+"""Atomic checkpoints in ``<output_dir>/checkpoints/checkpoint-<step>``, and atomic model saves.
 
 A checkpoint is written by `Accelerator.save_state` (model, optimizer, RNG states of every process, and
-every object registered with `register_for_checkpointing`: the LR scheduler and the training state —
-sampler, loader positions, best metric) into ``checkpoint-<step>.tmp``, and renamed to its final name
-only once every process has finished writing. A crash mid-save leaves a ``.tmp`` directory that
-`latest_checkpoint` never picks.
+every object registered with `register_for_checkpointing`: the LR scheduler, the training state --
+sampler, loader positions, best metric -- and a balancing strategy's state) into
+``checkpoint-<step>.tmp``, and renamed to its final name only once every process has finished writing.
+A crash mid-save leaves a ``.tmp`` directory that `latest_checkpoint` never picks. The best model so far
+(``<output_dir>/best``) is saved the same way: written beside, then renamed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .batches import TaskBatches
 from .sampling import TaskSampler
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -78,15 +80,20 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, save_total_l
 
 
 class TrainingState:
-    """What an exact resume needs beyond model, optimizer, scheduler and RNG (saved by Accelerate)."""
+    """What an exact resume needs beyond model, optimizer, scheduler and RNG (saved by Accelerate): the
+    step, the task sampler, each task's position in its data (`TaskBatches`) and the best evaluation."""
 
-    def __init__(self, sampler: TaskSampler):
+    def __init__(self, sampler: TaskSampler, batches: TaskBatches):
         self.global_step = 0
         self.sampler = sampler
-        # per task: which pass over its data, and how many of its batches this pass has used
-        self.positions = {name: {"epoch": 0, "batches": 0} for name in sampler.task_names}
+        self.batches = batches
         self.best_metric: float | None = None
         self.best_step: int | None = None
+
+    @property
+    def positions(self) -> dict[str, dict[str, int]]:
+        """task_name -> ``{"epoch": pass over its data, "batches": batches of that pass used}``."""
+        return self.batches.positions
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -100,9 +107,22 @@ class TrainingState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
         self.global_step = int(state["global_step"])
-        self.positions = {k: dict(v) for k, v in state["positions"].items()}
+        self.batches.load_positions(state["positions"])
         self.best_metric = state["best_metric"]
         self.best_step = state["best_step"]
+
+
+def save_model_atomic(accelerator, model, directory: Path) -> None:
+    """`save_pretrained` of the prepared `model` into `directory` via a temporary directory and a rename:
+    a crash mid-save leaves the previous `directory` whole. Call on every process."""
+    state_dict = accelerator.get_state_dict(model)  # collective under some backends: every process
+    if accelerator.is_main_process:
+        tmp = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(tmp, state_dict=state_dict)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(tmp, directory)
+    accelerator.wait_for_everyone()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

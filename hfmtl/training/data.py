@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ..config import TrainConfig
 from ..errors import ConfigError, DataError
 from ..tasks import Task
 
@@ -236,3 +237,30 @@ def build_eval_loader(
         collate_fn=functools.partial(task.collate, tokenizer=tokenizer),
         num_workers=num_workers,
     )
+
+
+def build_loaders(
+    tasks: dict[str, Task], data: dict[str, TaskData], tokenizer, batch_sizes: dict[str, int], args: TrainConfig
+) -> tuple[dict[str, DataLoader], dict[str, DataLoader]]:
+    """Every task's training loader (the i-th task's seeded with ``train.seed + i``: tasks are shuffled
+    independently) and, for each task with eval features, its evaluation loader."""
+    train = {
+        name: build_train_loader(
+            tasks[name],
+            data[name].train,
+            tokenizer,
+            batch_sizes[name],
+            seed=args.seed + i,
+            group_by_length=args.group_by_length,
+            num_workers=args.dataloader_num_workers,
+        )
+        for i, name in enumerate(tasks)
+    }
+    evaluation = {
+        name: build_eval_loader(
+            tasks[name], d.eval_features, tokenizer, args.per_device_eval_batch_size, args.dataloader_num_workers
+        )
+        for name, d in data.items()
+        if d.eval_features is not None
+    }
+    return train, evaluation

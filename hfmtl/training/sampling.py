@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..config import SAMPLING_CHOICES
 from ..errors import ConfigError
@@ -97,6 +98,27 @@ class TaskSampler:
             task = self.task_names[int(self._rng.choice(len(self.task_names), p=self._probs))]
         self.step += 1
         return task
+
+    def tasks_of_step(self, step: int, tasks_per_step: int | None) -> list[str]:
+        """The tasks of an all-tasks step (``balancing.step: all_tasks``): every task, or `tasks_per_step`
+        of them drawn without replacement with `probabilities` from a generator seeded by the seed and
+        `step` (the steps taken before it). A function of the step alone: the same on every process and
+        after a resume, with no state to save; `next_task`'s sequence is left alone.
+
+        Example:
+            >>> s = TaskSampler({"a": 1, "b": 1, "c": 1}, strategy="uniform", seed=0)
+            >>> s.tasks_of_step(5, None)
+            ['a', 'b', 'c']
+            >>> s.tasks_of_step(5, 2) == s.tasks_of_step(5, 2)
+            True
+        """
+        names = self.task_names
+        if tasks_per_step is None or tasks_per_step >= len(names):
+            return list(names)
+        probabilities = torch.tensor([self.probabilities()[n] for n in names])
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        chosen = torch.multinomial(probabilities, tasks_per_step, replacement=False, generator=generator)
+        return [names[i] for i in sorted(chosen.tolist())]
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "rng": self._rng.bit_generator.state, "task_names": self.task_names}

@@ -18,150 +18,196 @@ forward for one backward. Then, by the method's family (hfmtl/balancing/):
   usual), and the combined gradient replaces the shared parameters' ``.grad`` before clipping and the
   optimizer step. Cost: T + 1 backward passes per micro-step and T x P floats of memory.
 
-Strategies compute and never own the loop: here are the backward passes, the all-reduces
-and the writes into ``.grad``. Their state is checkpointed with the run (exact resume).
+Strategies compute and never own the loop: here, in `StepRunner`, are the backward passes, the
+all-reduces and the writes into ``.grad``. Their state is checkpointed with the run (exact resume).
+
+Example:
+    >>> runner = StepRunner(model=model, optimizer=optimizer, scheduler=scheduler,        # doctest: +SKIP
+    ...                     accelerator=accelerator, args=config.train, balancing=config.balancing,
+    ...                     balancer=build_balancer(config.balancing, ["rte", "stsb"], seed=0),
+    ...                     batches=task_batches, record_losses=loss_log.record)
+    >>> runner.step(["rte"], step_index=0)                                                # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
+from accelerate import Accelerator
 
-from ..balancing import GradientCombiner, balancer_options, get_balancer
+from ..balancing import Balancer, GradientCombiner, balancer_options, get_balancer
 from ..balancing.gradnorm import task_gradient_norms
+from ..config import BalancingConfig, TrainConfig
 from ..model.adapters import update_adalora_budget
 from ..model.backbone import encoder_layer_groups
-
-if TYPE_CHECKING:
-    from .trainer import MultiTaskTrainer
+from ..model.freezing import GradualUnfreezer
 
 logger = logging.getLogger("hfmtl")
 
 
-def step_tasks(trainer: MultiTaskTrainer, step: int) -> list[str]:
-    """The tasks of an all-tasks step: every task, or `tasks_per_step` of them drawn with the
-    sampler's probabilities from a generator seeded by the step (the same on every process and
-    after a resume, with no state to save)."""
-    names = list(trainer.tasks)
-    k = trainer.config.balancing.tasks_per_step
-    if k is None or k >= len(names):
-        return names
-    probabilities = torch.tensor([trainer.sampler.probabilities()[n] for n in names])
-    generator = torch.Generator().manual_seed(trainer.args.seed * 1_000_003 + step)
-    chosen = torch.multinomial(probabilities, k, replacement=False, generator=generator)
-    return [names[i] for i in sorted(chosen.tolist())]
+class BatchSource(Protocol):
+    """Where a step takes each task's next batch from (`hfmtl.training.batches.TaskBatches`)."""
+
+    def next(self, task_name: str) -> dict[str, torch.Tensor]: ...
 
 
-def setup_balancing(trainer: MultiTaskTrainer, model) -> None:
-    """The trainer's balancing strategy (None: one task per step, unweighted), and what it trains on."""
-    b = trainer.config.balancing
-    trainer.balancer = None
-    trainer.balancer_params: list[torch.nn.Parameter] = []
-    trainer.last_weights: dict[str, torch.Tensor] = {}
-    # the shared trainable parameters: the encoder's (only its adapters under PEFT)
-    trainer.shared_params = [p for p in model.encoder.parameters() if p.requires_grad]
-    trainer.gradnorm_params: list[torch.nn.Parameter] = []
-    if b.step == "one_task" and b.method == "equal":
-        return
-    options = dict(b.options)
-    if "seed" in balancer_options(b.method):
-        options.setdefault("seed", trainer.args.seed)
-    trainer.balancer = get_balancer(b.method, list(trainer.tasks), **options)
-    trainer.balancer_params = list(trainer.balancer.parameters())
-    if b.method == "gradnorm":  # GradNorm balances gradient norms at the last shared layer
-        top = encoder_layer_groups(model.encoder)[-1]
-        trainer.gradnorm_params = [p for p in top if p.requires_grad]
-    logger.info("balancing: %s, %s per step %s", b.method, b.step.replace("_", " "), options or "")
+def build_balancer(balancing: BalancingConfig, task_names: list[str], seed: int) -> Balancer | None:
+    """The run's balancing strategy; None for one task per step, unweighted (the default).
 
-
-def one_task_step(trainer: MultiTaskTrainer, task_name: str) -> None:
-    """`gradient_accumulation_steps` micro-batches of one task, then the optimizer step."""
-    acc, args = trainer.accelerator, trainer.args
-    for _ in range(args.gradient_accumulation_steps):
-        batch = trainer._next_batch(task_name)
-        with acc.accumulate(trainer.model):
-            loss = trainer.model(task=task_name, **batch).loss
-            acc.backward(_weighted_total(trainer, {task_name: loss}))
-            _finish_micro_step(trainer)
-        trainer._record_losses({task_name: loss})
-
-
-def all_tasks_step(trainer: MultiTaskTrainer, task_names: list[str]) -> None:
-    """One batch of every task in `task_names` per micro-step, weighed or combined by the balancer."""
-    acc, args, balancer = trainer.accelerator, trainer.args, trainer.balancer
-    accumulation = args.gradient_accumulation_steps
-    combiner = isinstance(balancer, GradientCombiner)
-    task_grads = None
-    for _ in range(accumulation):
-        batches = {name: trainer._next_batch(name) for name in task_names}
-        with acc.accumulate(trainer.model):
-            losses = trainer.model(task_batches=batches).task_losses
-            if combiner:
-                micro = _shared_gradients(losses, task_names, trainer.shared_params, scale=1.0 / accumulation)
-                task_grads = micro if task_grads is None else task_grads.add_(micro)
-                # each head gets its own task's gradient; the shared parameters' part is replaced below
-                total = sum(losses.values())
-            else:
-                if balancer.name == "gradnorm":
-                    norms = task_gradient_norms(losses, trainer.gradnorm_params)
-                total = _weighted_total(trainer, losses)
-            acc.backward(total)
-            if acc.sync_gradients and combiner:
-                task_grads = acc.reduce(task_grads, reduction="mean")  # every rank combines the same matrix
-                combined = balancer(task_grads, task_names)
-                trainer.last_weights = dict(zip(task_names, combined.weights))
-                _write_shared_gradient(trainer.shared_params, combined.grad)
-            if acc.sync_gradients and balancer.name == "gradnorm":
-                balancer.update(_mean(acc, losses), _mean(acc, norms))
-            _finish_micro_step(trainer)
-            if acc.sync_gradients and balancer.name == "famo":
-                # FAMO learns from how much each loss fell: the same batches again after the step
-                with torch.no_grad():
-                    after = trainer.model(task_batches=batches).task_losses
-                balancer.update(_mean(acc, losses), _mean(acc, after))
-        trainer._record_losses(losses)
-
-
-def _weighted_total(trainer: MultiTaskTrainer, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The loss to backpropagate: the balancer's weighting of this process's task losses.
-
-    A weighting that learns parameters (uncertainty) needs the graph through them and is applied as is
-    (its gradients are averaged over processes later). Every other one is fed the losses averaged over
-    processes, so that its state (initial losses, loss history, random draws) stays the same on every
-    rank, and its weights are applied to this process's losses.
+    Built before the optimizer: a weighting that learns (uncertainty) trains its parameters with it.
     """
-    balancer = trainer.balancer
-    if balancer is None:
-        return sum(losses.values())
-    if trainer.balancer_params:
-        out = balancer(losses)
-        trainer.last_weights = out.weights
-        return out.loss
-    weights = balancer(_mean(trainer.accelerator, losses)).weights
-    trainer.last_weights = weights
-    return sum(weights[name].to(loss.dtype) * loss for name, loss in losses.items())
+    if balancing.step == "one_task" and balancing.method == "equal":
+        return None
+    options = dict(balancing.options)
+    if "seed" in balancer_options(balancing.method):
+        options.setdefault("seed", seed)
+    balancer = get_balancer(balancing.method, task_names, **options)
+    logger.info("balancing: %s, %s per step %s", balancing.method, balancing.step.replace("_", " "), options or "")
+    return balancer
 
 
-def _finish_micro_step(trainer: MultiTaskTrainer) -> None:
-    """Unfreeze schedule, balancer gradients, clipping, optimizer and scheduler steps (at a sync)."""
-    acc, args = trainer.accelerator, trainer.args
-    if acc.sync_gradients:
-        if trainer.unfreezer is not None:
-            trainer.unfreezer.drop_frozen_grads(trainer.state.global_step)
-        # a learned loss weighting (uncertainty) lives outside the DDP-wrapped model: average by hand
-        for param in trainer.balancer_params:
-            if param.grad is not None and acc.num_processes > 1:
-                param.grad = acc.reduce(param.grad, reduction="mean")
-        if args.max_grad_norm:
-            acc.clip_grad_norm_(trainer.model.parameters(), args.max_grad_norm)
-    trainer.optimizer.step()
-    if acc.sync_gradients:  # AdaLoRA re-allocates its ranks from this step's gradients
-        update_adalora_budget(trainer.unwrapped_model(), trainer.state.global_step)
-    if acc.sync_gradients and not acc.optimizer_step_was_skipped:
-        trainer.scheduler.step()
-    trainer.optimizer.zero_grad(set_to_none=True)
+class StepRunner:
+    """Does one optimizer step, and owns the balancing state it needs between steps.
+
+    Args:
+        model: the prepared `MultiTaskModel`.
+        optimizer: the prepared optimizer (with the balancer's learned parameters, if it has any).
+        scheduler: the learning-rate scheduler, stepped once per optimizer step.
+        accelerator: the run's Accelerator.
+        args: the train config (``gradient_accumulation_steps``, ``max_grad_norm``).
+        balancing: the balancing config (``step``: one task or all tasks per step).
+        balancer: from `build_balancer` (None: unweighted).
+        batches: each task's next batch (`TaskBatches`).
+        record_losses: called with each micro-batch's ``{task_name: loss}`` (`LossLog.record`).
+        unfreezer: the gradual unfreezing schedule, if any.
+
+    Attributes:
+        balancer: the strategy (None: unweighted); ``balancer_params``: its learned parameters;
+        shared_params: the shared trainable parameters (the encoder's; only its adapters under PEFT);
+        gradnorm_params: GradNorm's last shared layer; last_weights: the latest task weights (logged).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        accelerator: Accelerator,
+        args: TrainConfig,
+        balancing: BalancingConfig,
+        balancer: Balancer | None,
+        batches: BatchSource,
+        record_losses: Callable[[dict[str, torch.Tensor]], None],
+        unfreezer: GradualUnfreezer | None = None,
+    ):
+        self.model, self.optimizer, self.scheduler, self.accelerator = model, optimizer, scheduler, accelerator
+        self.accumulation, self.max_grad_norm = args.gradient_accumulation_steps, args.max_grad_norm
+        self.all_tasks = balancing.step == "all_tasks"
+        self.batches, self.record_losses, self.unfreezer = batches, record_losses, unfreezer
+        self.balancer = balancer
+        self.balancer_params: list[torch.nn.Parameter] = list(balancer.parameters()) if balancer is not None else []
+        encoder = accelerator.unwrap_model(model, keep_torch_compile=False).encoder
+        self.shared_params = [p for p in encoder.parameters() if p.requires_grad]
+        self.gradnorm_params: list[torch.nn.Parameter] = []
+        if balancer is not None and balancer.name == "gradnorm":  # it balances gradient norms at the top layer
+            self.gradnorm_params = [p for p in encoder_layer_groups(encoder)[-1] if p.requires_grad]
+        self.last_weights: dict[str, torch.Tensor] = {}
+
+    def step(self, task_names: list[str], step_index: int) -> None:
+        """One optimizer step on `task_names` (one sampled task; with ``balancing.step: all_tasks``, the
+        tasks of the step). `step_index`: the steps taken before it (the schedules of gradual unfreezing
+        and AdaLoRA count from 0)."""
+        if self.all_tasks:
+            self._all_tasks_step(task_names, step_index)
+        else:
+            (task_name,) = task_names
+            self._one_task_step(task_name, step_index)
+
+    def _one_task_step(self, task_name: str, step_index: int) -> None:
+        """`gradient_accumulation_steps` micro-batches of one task, then the optimizer step."""
+        acc = self.accelerator
+        for _ in range(self.accumulation):
+            batch = self.batches.next(task_name)
+            with acc.accumulate(self.model):
+                loss = self.model(task=task_name, **batch).loss
+                acc.backward(self._weighted_total({task_name: loss}))
+                self._finish_micro_step(step_index)
+            self.record_losses({task_name: loss})
+
+    def _all_tasks_step(self, task_names: list[str], step_index: int) -> None:
+        """One batch of every task in `task_names` per micro-step, weighed or combined by the balancer."""
+        acc, balancer = self.accelerator, self.balancer
+        combiner = isinstance(balancer, GradientCombiner)
+        task_grads = None
+        for _ in range(self.accumulation):
+            batches = {name: self.batches.next(name) for name in task_names}
+            with acc.accumulate(self.model):
+                losses = self.model(task_batches=batches).task_losses
+                if combiner:
+                    micro = _shared_gradients(losses, task_names, self.shared_params, scale=1.0 / self.accumulation)
+                    task_grads = micro if task_grads is None else task_grads.add_(micro)
+                    # each head gets its own task's gradient; the shared parameters' part is replaced below
+                    total = sum(losses.values())
+                else:
+                    if balancer.name == "gradnorm":
+                        norms = task_gradient_norms(losses, self.gradnorm_params)
+                    total = self._weighted_total(losses)
+                acc.backward(total)
+                if acc.sync_gradients and combiner:
+                    task_grads = acc.reduce(task_grads, reduction="mean")  # every rank combines the same matrix
+                    combined = balancer(task_grads, task_names)
+                    self.last_weights = dict(zip(task_names, combined.weights))
+                    _write_shared_gradient(self.shared_params, combined.grad)
+                if acc.sync_gradients and balancer.name == "gradnorm":
+                    balancer.update(_mean(acc, losses), _mean(acc, norms))
+                self._finish_micro_step(step_index)
+                if acc.sync_gradients and balancer.name == "famo":
+                    # FAMO learns from how much each loss fell: the same batches again after the step
+                    with torch.no_grad():
+                        after = self.model(task_batches=batches).task_losses
+                    balancer.update(_mean(acc, losses), _mean(acc, after))
+            self.record_losses(losses)
+
+    def _weighted_total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss to backpropagate: the balancer's weighting of this process's task losses.
+
+        A weighting that learns parameters (uncertainty) needs the graph through them and is applied as
+        is (its gradients are averaged over processes later). Every other one is fed the losses averaged
+        over processes, so that its state (initial losses, loss history, random draws) stays the same on
+        every rank, and its weights are applied to this process's losses.
+        """
+        if self.balancer is None:
+            return sum(losses.values())
+        if self.balancer_params:
+            out = self.balancer(losses)
+            self.last_weights = out.weights
+            return out.loss
+        weights = self.balancer(_mean(self.accelerator, losses)).weights
+        self.last_weights = weights
+        return sum(weights[name].to(loss.dtype) * loss for name, loss in losses.items())
+
+    def _finish_micro_step(self, step_index: int) -> None:
+        """Unfreeze schedule, balancer gradients, clipping, optimizer and scheduler steps (at a sync)."""
+        acc = self.accelerator
+        if acc.sync_gradients:
+            if self.unfreezer is not None:
+                self.unfreezer.drop_frozen_grads(step_index)
+            # a learned loss weighting (uncertainty) lives outside the DDP-wrapped model: average by hand
+            for param in self.balancer_params:
+                if param.grad is not None and acc.num_processes > 1:
+                    param.grad = acc.reduce(param.grad, reduction="mean")
+            if self.max_grad_norm:
+                acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        if acc.sync_gradients:  # AdaLoRA re-allocates its ranks from this step's gradients
+            update_adalora_budget(acc.unwrap_model(self.model, keep_torch_compile=False), step_index)
+        if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
 
 def _shared_gradients(
