@@ -87,7 +87,7 @@ class MultiTaskTrainer:
                 tokenizer,
                 batch_sizes[name],
                 seed=args.seed + i,
-                group_by_length=args.group_by_length,
+                group_by_length=args.train_sampling_strategy == "group_by_length",
                 num_workers=args.dataloader_num_workers,
             )
             for i, name in enumerate(tasks)
@@ -143,7 +143,7 @@ class MultiTaskTrainer:
             eps=args.adam_epsilon,
             fused=args.optim == "adamw_torch_fused" or None,  # None: torch picks foreach or the loop
         )
-        warmup = args.warmup_steps or math.ceil(args.warmup_ratio * self.total_steps)
+        warmup = args.num_warmup_steps(self.total_steps)
         # Not passed through `prepare`: Accelerate would step it once per process per step; here it
         # steps once per real optimizer step, so the schedule is the same on 1 or N processes.
         self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, warmup, self.total_steps)
