@@ -36,6 +36,14 @@ class RenamedKey:
         old_type: the type hint the old value is checked against; None: the new field's hint.
         coexisted: the previous release had a key named `new` too, and saved every key: there, one of
             the two at its no-op value (the new field's default) is no conflict.
+
+    Example:
+        >>> @dataclasses.dataclass
+        ... class Section:
+        ...     RENAMED_KEYS: typing.ClassVar[dict[str, RenamedKey]] = {"size": RenamedKey("max_size")}
+        ...     max_size: int = 1
+        >>> build_dataclass(Section, {"size": 3}, "section").max_size  # warns: section.size is deprecated...
+        3
     """
 
     new: str

@@ -196,7 +196,7 @@ def test_console_script_exits_2_on_a_config_error(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown key train.max_step; did you mean 'max_steps'?"
+    assert proc.stderr.strip() == "error: train.max_step is not a key of train; did you mean 'max_steps'?"
 
 
 def test_unknown_encoder_is_one_line(tiny_encoder_dir, tmp_path, capsys):
