@@ -196,11 +196,11 @@ def trainer_worker(spec_path: str) -> None:
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
-        warmup_steps=t.warmup_ratio if t.warmup_ratio else t.warmup_steps,  # a float < 1 is a ratio in v5
+        warmup_steps=t.warmup_steps,  # the same meaning in both: a float < 1 is a ratio
         lr_scheduler_type=t.lr_scheduler_type,
         max_grad_norm=t.max_grad_norm,
         optim=t.optim,  # the AdamW kernel hfmtl's run uses
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        train_sampling_strategy=t.train_sampling_strategy,
         eval_strategy="no",
         save_strategy="no",
         logging_steps=t.logging_steps,

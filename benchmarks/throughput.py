@@ -10,7 +10,7 @@ run is a fresh process of its own, so that its peak memory is its own:
              on both sides), learning rate, weight decay, no warm-up, linear decay, clipping at 1.0 and steps.
   multitask  hfmtl on that one task vs on every task of --config (configs/glue.yaml: 5 GLUE tasks with its
              sampling weights), at the same number of optimizer steps.
-  grouping   hfmtl on the tasks of `multitask` without vs with `train.group_by_length`.
+  grouping   hfmtl on the tasks of `multitask` with train.train_sampling_strategy random vs group_by_length.
   overhead   hfmtl on one task vs the same data as 5 identical tasks: what the multi-task loop itself costs.
 
 Every run also reports model TFLOP/s (6 N per non-padding token plus attention); with a known peak (a
@@ -235,7 +235,6 @@ def _run_config(spec: dict[str, Any]) -> dict[str, Any]:
             "optim": spec["optim"],
             "weight_decay": spec["weight_decay"],
             "warmup_steps": 0,
-            "warmup_ratio": 0.0,
             "lr_scheduler_type": "linear",
             "max_grad_norm": 1.0,
             "mixed_precision": "bf16" if spec["bf16"] else "no",
@@ -243,7 +242,7 @@ def _run_config(spec: dict[str, Any]) -> dict[str, Any]:
             "save_steps": None,
             "load_best_model_at_end": False,
             "logging_steps": spec["logging_steps"],
-            "group_by_length": spec["group_by_length"],
+            "train_sampling_strategy": "group_by_length" if spec["group_by_length"] else "random",
             "report_to": [],
         },
     }

@@ -10,12 +10,94 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Literal
 
 from .errors import ConfigError
+
+logger = logging.getLogger("hfmtl")
+
+
+@dataclasses.dataclass(frozen=True)
+class RenamedKey:
+    """A key of a config section that has a new name; the old one keeps loading for one release.
+
+    A section lists its renamed keys in a class-level table, ``RENAMED_KEYS: ClassVar[dict[str,
+    RenamedKey]]`` (old name -> entry); `build_dataclass` reads the old key as the new one, with a warning.
+
+    Attributes:
+        new: the new name of the key.
+        convert: turns the old value (already checked against `old_type`) into the new key's value;
+            it gets the dotted old key, for its error messages. None: the value is kept as it is.
+        old_type: the type hint the old value is checked against; None: the new field's hint.
+        coexisted: the previous release had a key named `new` too, and saved every key: there, one of
+            the two at its no-op value (the new field's default) is no conflict.
+
+    Example:
+        >>> @dataclasses.dataclass
+        ... class Section:
+        ...     RENAMED_KEYS: typing.ClassVar[dict[str, RenamedKey]] = {"size": RenamedKey("max_size")}
+        ...     max_size: int = 1
+        >>> build_dataclass(Section, {"size": 3}, "section").max_size  # warns: section.size is deprecated...
+        3
+    """
+
+    new: str
+    convert: Callable[[str, Any], Any] | None = None
+    old_type: Any = None
+    coexisted: bool = False
+
+
+def translate_renamed_keys(cls: type, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """`data` with the old names of `cls`'s renamed keys (its ``RENAMED_KEYS``) replaced by the new ones.
+
+    Each old key found gives one deprecation warning line on the "hfmtl" logger (before logging is set
+    up, Python's last-resort handler prints it on stderr). `data` itself is left unchanged.
+
+    Raises:
+        ConfigError: both the old and the new name are set, or the old value is invalid.
+    """
+    renamed: dict[str, RenamedKey] = getattr(cls, "RENAMED_KEYS", {})
+    if not renamed or not any(old in data for old in renamed):
+        return data
+    hints = typing.get_type_hints(cls)
+    result = dict(data)
+    for old, entry in renamed.items():
+        if old not in result:
+            continue
+        old_key, new_key = f"{prefix}.{old}", f"{prefix}.{entry.new}"
+        value = _coerce(old_key, result.pop(old), entry.old_type or hints[entry.new])
+        if entry.convert is not None:
+            value = entry.convert(old_key, value)
+        if entry.new in result:
+            value = _settle_both(cls, entry, result[entry.new], value, old_key, new_key, hints)
+        result[entry.new] = value
+        logger.warning(
+            "%s is deprecated (removed in the next release): write %s instead (read as %s=%r)",
+            old_key,
+            new_key,
+            new_key,
+            value,
+        )
+    return result
+
+
+def _settle_both(
+    cls: type, entry: RenamedKey, given: Any, translated: Any, old_key: str, new_key: str, hints: dict[str, Any]
+) -> Any:
+    """The new key's value when a config sets both names of a renamed key."""
+    if entry.coexisted:
+        default = next(f.default for f in dataclasses.fields(cls) if f.name == entry.new)
+        given = _coerce(new_key, given, hints[entry.new])
+        if given in (default, translated):
+            return translated
+        if translated == default:
+            return given
+    raise ConfigError(f"{old_key} is the old name of {new_key} and both are set: keep only {new_key}")
 
 
 def check_choice(key: str, value: Any, allowed: typing.Iterable[Any]) -> None:
@@ -39,6 +121,21 @@ def _suggest(name: str, candidates: typing.Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def unknown_key_message(key: str, section: str, valid: typing.Iterable[str]) -> str:
+    """One line for an unknown `key` of `section`: the close valid name, else every valid name.
+
+    The message starts with the dotted key, so that a caller adding a section prefix sees it is there.
+
+    Example:
+        >>> unknown_key_message("train.max_step", "train", ["max_steps", "seed"])
+        "train.max_step is not a key of train; did you mean 'max_steps'?"
+    """
+    valid = list(valid)
+    name = key.rpartition(".")[2]
+    hint = _suggest(name, valid) or f"; its keys are {', '.join(valid)}"
+    return f"{key} is not a key of {section}{hint}"
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check `value` against the type hint `hint`, converting where YAML is loose (e.g. '5e-5')."""
     origin = typing.get_origin(hint)
@@ -49,8 +146,13 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if value is None and type(None) in args:
             return None
         errors = []
+        # a lone value becomes a one-element list only where the union has no scalar member:
+        # `init_heads: Literal["auto", "none"] | list[str]` must reject 'foo', not read it as [foo]
+        scalar_member = any(typing.get_origin(a) is not list for a in args if a is not type(None))
         for arg in args:
             if arg is type(None):
+                continue
+            if scalar_member and typing.get_origin(arg) is list and not isinstance(value, (list, tuple)):
                 continue
             try:
                 return _coerce(key, value, arg)
@@ -115,10 +217,11 @@ def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
         raise ConfigError(f"{prefix} must be a mapping of keys to values, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = translate_renamed_keys(cls, data, prefix)
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise ConfigError(f"unknown key {prefix}.{key}{_suggest(str(key), fields)}")
+            raise ConfigError(unknown_key_message(f"{prefix}.{key}", prefix, fields))
         kwargs[key] = _coerce(f"{prefix}.{key}", value, hints[key])
     missing = [
         name

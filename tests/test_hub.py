@@ -306,6 +306,24 @@ def test_card_says_what_each_step_trained_and_what_the_run_used(saved, tmp_path)
     assert "Mixed precision: as the launcher set it (not recorded)" in default  # metrics.json has no record
 
 
+@pytest.mark.parametrize(
+    ("train", "text"),
+    [
+        ({"warmup_steps": 0.1}, "warmup ratio 0.1"),
+        ({"warmup_steps": 40.0}, "40 warmup steps"),
+        # config.yaml saved before transformers 5's names: warmup_steps > 0 won over warmup_ratio
+        ({"warmup_steps": 0, "warmup_ratio": 0.06}, "warmup ratio 0.06"),
+        ({"warmup_steps": 40, "warmup_ratio": 0.06}, "40 warmup steps"),
+    ],
+)
+def test_card_states_the_warmup_of_new_and_old_configs(saved, tmp_path, train, text):
+    def warmup(run):
+        run["train"].update(train)
+
+    card = build_model_card(card_only_copy(saved["plain"], tmp_path / "card", run=warmup)).text
+    assert f"(linear schedule, {text}), batch size" in card
+
+
 def test_usage_snippet_runs_against_the_saved_model(saved, tmp_path, capsys):
     for name, model_dir in saved.items():
         text = build_model_card(model_dir, repo_id=REPO).text

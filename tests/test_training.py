@@ -184,7 +184,7 @@ def test_cli_train_then_eval_reproduces_the_final_metrics(tiny_encoder_dir, tmp_
         tmp_path / "run.yaml",
         make_config(tiny_encoder_dir, out, TWO_TASKS, max_steps=4, load_best_model_at_end=False),
     )
-    assert cli.main(["train", str(cfg), "train.group_by_length=true"]) == 0
+    assert cli.main(["train", str(cfg), "train.train_sampling_strategy=group_by_length"]) == 0
     final = json.loads((out / "metrics.json").read_text())["history"][-1]
 
     reset_accelerate_state()
@@ -241,7 +241,7 @@ def test_console_script_exits_2_on_a_config_error(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown key train.max_step; did you mean 'max_steps'?"
+    assert proc.stderr.strip() == "error: train.max_step is not a key of train; did you mean 'max_steps'?"
 
 
 def test_unknown_encoder_is_one_line(tiny_encoder_dir, tmp_path, capsys):

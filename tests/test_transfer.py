@@ -174,7 +174,10 @@ def test_plan_stages_gives_each_stage_its_tasks_settings_directory_and_start(tmp
         ),
         (lambda c: c["stages"]["target"]["train"].update(output_dir="x"), "stages.target.train.output_dir is set for"),
         (lambda c: c["stages"]["target"].update(tasks=[]), "stages.target.tasks is empty"),
-        (lambda c: c["stages"]["target"].update(steps=3), "unknown key stages.target.steps"),
+        (
+            lambda c: c["stages"]["target"].update(steps=3),
+            "stages.target.steps is not a key of stages.target; its keys are tasks, train, sampling, peft",
+        ),
         (lambda c: c.update(stages=[]), "stages must be a mapping"),
     ],
 )

@@ -23,6 +23,7 @@ import sys
 
 from ..errors import exit_status_of
 from ..publish.export import export_model_dir
+from .config import add_cli as add_config_cli
 from .predict import add_cli as add_inference_cli
 from .push import add_cli as add_hub_cli
 
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     export.set_defaults(handler=_export)
     add_inference_cli(sub)  # hfmtl predict | info
     add_hub_cli(sub)  # hfmtl push
+    add_config_cli(sub)  # hfmtl config
     if argv and argv[0] in _RECIPES and not any(a in ("-h", "--help") for a in argv[1:2]):
         command, rest = argv[0], argv[1:]
         if command not in _CONFIG_FIRST:

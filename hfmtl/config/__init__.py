@@ -9,25 +9,17 @@ Example:
 """
 
 from .run import RunConfig, apply_overrides, config_from_dict, load_config, save_config
-from .sections import (
-    POOLING_CHOICES,
-    SAMPLING_CHOICES,
-    BalancingConfig,
-    ModelConfig,
-    PeftSection,
-    SamplingConfig,
-    StageConfig,
-)
+from .sections import BalancingConfig, ModelConfig, PeftSection, Pooling, SamplingConfig, SamplingStrategy, StageConfig
 from .train import TrainConfig
 
 __all__ = [
-    "POOLING_CHOICES",
-    "SAMPLING_CHOICES",
     "BalancingConfig",
     "ModelConfig",
     "PeftSection",
+    "Pooling",
     "RunConfig",
     "SamplingConfig",
+    "SamplingStrategy",
     "StageConfig",
     "TrainConfig",
     "apply_overrides",

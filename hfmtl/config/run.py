@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..typed import _suggest, build_dataclass
+from ..typed import _suggest, build_dataclass, translate_renamed_keys
 from .sections import BalancingConfig, ModelConfig, PeftSection, SamplingConfig, StageConfig
 from .train import TrainConfig
 
@@ -47,6 +47,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ConfigError("tasks is empty; name at least one task under `tasks:`")
+        self.best_model_greater_is_better()  # checks metric_for_best_model's task and direction
         if self.stages is not None:
             self._check_stages()
             return  # sampling weights and the rest are checked per stage (see hfmtl/config/stages.py)
@@ -84,9 +85,46 @@ class RunConfig:
                 if key in stage.train:
                     raise ConfigError(f"stages.{name}.train.{key} is set for the whole run: move it to `train:`")
 
+    def best_model_greater_is_better(self) -> bool:
+        """Whether a higher ``train.metric_for_best_model`` is better: ``train.greater_is_better`` when
+        set; else true for ``eval/mean``; else, for a task's metric, the task's ``greater_is_better``
+        (which speaks for its main metric) or the direction `hfmtl.tasks.metrics` knows.
+
+        Raises:
+            ConfigError: the metric names an unknown task, or its direction is neither known nor set.
+        """
+        train = self.train
+        if train.metric_for_best_model == "eval/mean":
+            return True if train.greater_is_better is None else train.greater_is_better
+        _, task_name, metric = train.metric_for_best_model.split("/", 2)
+        if task_name not in self.tasks:
+            raise ConfigError(
+                f"train.metric_for_best_model={train.metric_for_best_model!r} names unknown task {task_name!r}"
+                f"{_suggest(task_name, self.tasks)}; tasks are {sorted(self.tasks)}"
+            )
+        if train.greater_is_better is not None:
+            return train.greater_is_better
+        from ..tasks.metrics import greater_is_better, metric_key  # tasks import torch: late, as in config_from_dict
+
+        task = self.tasks[task_name]
+        configured = [metric_key(name) for name in task.metrics or []]
+        main_metric = task.main_metric or (configured[0] if configured else None)
+        known = task.greater_is_better if metric == main_metric else None
+        if known is None:
+            known = greater_is_better(metric)
+        if known is None:
+            raise ConfigError(
+                f"train.metric_for_best_model={train.metric_for_best_model!r}: hfmtl does not know whether a "
+                f"higher {metric!r} is better; set train.greater_is_better: true (or false)"
+            )
+        return known
+
     def to_dict(self) -> dict[str, Any]:
         """A plain dict that `config_from_dict` turns back into an equal RunConfig."""
         return dataclasses.asdict(self)
+
+
+_SECTIONS = ("model", "tasks", "train", "sampling", "peft", "balancing", "stages")
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
@@ -95,10 +133,11 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 
     if not isinstance(data, dict):
         raise ConfigError("a config must be a mapping with the sections model, tasks, train (and sampling)")
-    sections = {"model", "tasks", "train", "sampling", "peft", "balancing", "stages"}
+    sections = set(_SECTIONS)
     for key in data:
         if key not in sections:
-            raise ConfigError(f"unknown section {key!r}{_suggest(str(key), sections)}")
+            hint = _suggest(str(key), sections) or f"; the sections are {', '.join(_SECTIONS)}"
+            raise ConfigError(f"unknown section {key!r}{hint}")
     for key in ("model", "tasks", "train"):
         if key not in data:
             raise ConfigError(f"the config has no `{key}:` section")
@@ -122,7 +161,12 @@ def _build_stages(data: Any) -> dict[str, StageConfig] | None:
         return None
     if not isinstance(data, dict):
         raise ConfigError("stages must be a mapping: stage_name -> {tasks: [...], train: {...}}, in training order")
-    return {str(name): build_dataclass(StageConfig, spec, f"stages.{name}") for name, spec in data.items()}
+    stages = {str(name): build_dataclass(StageConfig, spec, f"stages.{name}") for name, spec in data.items()}
+    for name, stage in stages.items():
+        # a stage's keys are merged into `train:` / `sampling:` (hfmtl/config/stages.py), which use new names
+        stage.train = translate_renamed_keys(TrainConfig, stage.train, f"stages.{name}.train")
+        stage.sampling = translate_renamed_keys(SamplingConfig, stage.sampling, f"stages.{name}.sampling")
+    return stages
 
 
 def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:

@@ -4,13 +4,18 @@ config, in hfmtl/tasks/): the shared encoder, task sampling, PEFT, balancing and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import ConfigError
 from ..typed import check_choice, check_positive
 
-POOLING_CHOICES = ("cls", "mean")
-SAMPLING_CHOICES = ("proportional", "temperature", "uniform", "round_robin", "weights")
+# The allowed values of a choice are said once, in its Literal type; `hfmtl.typed` checks them and
+# `typing.get_args` lists them (hfmtl/config/reference.py, hfmtl/training/sampling.py).
+Pooling = Literal["cls", "mean"]
+InitHeads = Literal["auto", "none"]
+SamplingStrategy = Literal["proportional", "temperature", "uniform", "round_robin", "weights"]
+PeftMode = Literal["shared", "per_task"]
+BalancingStep = Literal["one_task", "all_tasks"]
 
 
 @dataclass
@@ -22,7 +27,9 @@ class ModelConfig:
         default=None, metadata={"help": "Tokenizer to use; defaults to name_or_path."}
     )
     revision: str | None = field(default=None, metadata={"help": "Hub revision of the encoder."})
-    pooling: str = field(default="cls", metadata={"help": "Sentence representation: 'cls' or 'mean'."})
+    pooling: Pooling = field(
+        default="cls", metadata={"help": "Sentence representation: the first token's state, or the mean of all."}
+    )
     classifier_dropout: float | None = field(
         default=None, metadata={"help": "Dropout in the heads; defaults to the encoder's hidden dropout."}
     )
@@ -34,7 +41,7 @@ class ModelConfig:
             "Its encoder weights replace name_or_path's; heads of tasks with the same name and shape are kept."
         },
     )
-    init_heads: str | list[str] = field(
+    init_heads: InitHeads | list[str] = field(
         default="auto",
         metadata={
             "help": "With init_from: 'auto' keeps every matching head, 'none' keeps none, a list of task "
@@ -43,9 +50,6 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
-        check_choice("model.pooling", self.pooling, POOLING_CHOICES)
-        if isinstance(self.init_heads, str):
-            check_choice("model.init_heads", self.init_heads, ("auto", "none"))
         check_positive("model.max_length", self.max_length)
         if self.classifier_dropout is not None and not 0 <= self.classifier_dropout < 1:
             raise ConfigError(f"model.classifier_dropout={self.classifier_dropout!r} must be in [0, 1)")
@@ -55,9 +59,12 @@ class ModelConfig:
 class SamplingConfig:
     """How the task of each optimizer step is drawn (see `hfmtl.training.sampling`)."""
 
-    strategy: str = field(
+    strategy: SamplingStrategy = field(
         default="proportional",
-        metadata={"help": "proportional | temperature | uniform | round_robin | weights"},
+        metadata={
+            "help": "proportional: p_t ∝ n_t (capped at max_examples); temperature: p_t ∝ n_t^(1/T); uniform; "
+            "round_robin: the tasks in turn; weights: p_t ∝ weights[t]."
+        },
     )
     temperature: float = field(
         default=2.0, metadata={"help": "T for 'temperature': p_t ∝ min(n_t, max_examples)^(1/T)."}
@@ -71,16 +78,12 @@ class SamplingConfig:
     )
 
     def __post_init__(self) -> None:
-        check_choice("sampling.strategy", self.strategy, SAMPLING_CHOICES)
         check_positive("sampling.temperature", self.temperature)
         check_positive("sampling.max_examples", self.max_examples)
         if self.strategy == "weights" and not self.weights:
             raise ConfigError("sampling.strategy='weights' needs sampling.weights: {task_name: weight, ...}")
         for name, weight in (self.weights or {}).items():
             check_positive(f"sampling.weights.{name}", weight, allow_zero=True)
-
-
-PEFT_MODES = ("shared", "per_task")
 
 
 @dataclass
@@ -93,12 +96,11 @@ class PeftSection:
             "{peft_type: LORA, r: 8, lora_alpha: 16, target_modules: [query, value]}."
         }
     )
-    mode: str = field(
+    mode: PeftMode = field(
         default="shared", metadata={"help": "'shared': one adapter for all tasks; 'per_task': one adapter per task."}
     )
 
     def __post_init__(self) -> None:
-        check_choice("peft.mode", self.mode, PEFT_MODES)
         if "peft_type" not in self.config:
             raise ConfigError("peft.config needs peft_type (e.g. LORA, ADALORA, IA3, PROMPT_TUNING)")
 
@@ -117,7 +119,16 @@ class StageConfig:
     )
 
 
-STEP_CHOICES = ("one_task", "all_tasks")
+def balancing_methods() -> list[str]:
+    """The names of the registered balancing methods: ``balancing.method``'s allowed values.
+
+    The registry (hfmtl/balancing/) imports torch: it is read only when a balancing section is built.
+    """
+    from ..balancing import BALANCERS
+
+    return sorted(BALANCERS)
+
+
 # what a one-task step can use: the others weigh or combine several tasks within one step
 ONE_TASK_METHODS = ("equal", "fixed", "initial_loss", "uncertainty")
 
@@ -126,15 +137,16 @@ ONE_TASK_METHODS = ("equal", "fixed", "initial_loss", "uncertainty")
 class BalancingConfig:
     """How tasks are weighed against each other (see hfmtl/balancing/ and hfmtl/training/steps.py)."""
 
-    step: str = field(
+    step: BalancingStep = field(
         default="one_task",
         metadata={"help": "'one_task': each optimizer step trains one sampled task; 'all_tasks': every task."},
     )
     method: str = field(
         default="equal",
         metadata={
-            "help": "A loss weighting (equal, fixed, uncertainty, dwa, gradnorm, rlw, famo, initial_loss) "
-            "or a gradient method (pcgrad, cagrad, gradvac, mgda, imtl_g, nash_mtl, aligned_mtl)."
+            "help": "A loss weighting or a gradient method (docs/balancing.md describes each); with step "
+            f"one_task only {', '.join(ONE_TASK_METHODS)} apply.",
+            "choices": balancing_methods,  # a registry, so not a Literal: listed when asked
         },
     )
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "The method's options, e.g. {c: 0.4}."})
@@ -143,10 +155,7 @@ class BalancingConfig:
     )
 
     def __post_init__(self) -> None:
-        from ..balancing import BALANCERS  # the registry imports typed_config only; late to keep config light
-
-        check_choice("balancing.step", self.step, STEP_CHOICES)
-        check_choice("balancing.method", self.method, sorted(BALANCERS))
+        check_choice("balancing.method", self.method, balancing_methods())
         check_positive("balancing.tasks_per_step", self.tasks_per_step)
         if self.step == "one_task" and self.method not in ONE_TASK_METHODS:
             raise ConfigError(

@@ -37,7 +37,7 @@ class HubPushCallback(TrainerCallback):
     ``output_dir/best``); at the end, after waiting for those, the saved model directory.
 
     Args:
-        args: the train config (``hub_model_id``, ``hub_private``, ``hub_strategy``).
+        args: the train config (``hub_model_id``, ``hub_private_repo``, ``hub_strategy``).
     """
 
     def __init__(self, args: Any):

@@ -261,7 +261,7 @@ class TrainingPusher:
     """
 
     def __init__(self, args: Any):
-        self.repo_id, self.private, self.strategy = args.hub_model_id, args.hub_private, args.hub_strategy
+        self.repo_id, self.private, self.strategy = args.hub_model_id, args.hub_private_repo, args.hub_strategy
         self._pending: list[concurrent.futures.Future[str]] = []
 
     def push_best(self, output_dir: str | os.PathLike, tokenizer: Any) -> None:

@@ -381,8 +381,7 @@ def _training_section(saved: SavedModel, lineage: list[SavedModel], source: str 
         return [*lines, "No run config (`config.yaml`) was saved with this model.", ""]
     model, train, sampling = saved.section("model"), saved.section("train"), saved.section("sampling")
     steps = ((saved.metrics or {}).get("train") or {}).get("steps") or train.get("max_steps")
-    warmup = train.get("warmup_steps") or 0
-    warmup_text = f"{warmup} warmup steps" if warmup else f"warmup ratio {train.get('warmup_ratio', 0)}"
+    warmup_text = _warmup_text(train)
     lines += [
         f"- Encoder: `{model.get('name_or_path')}`"
         + (f", initialised from `{model['init_from']}`" if model.get("init_from") else "")
@@ -464,6 +463,17 @@ def _steps_text(sampling: dict[str, Any], balancing: dict[str, Any]) -> str:
         return f"Each optimizer step trained {which}, balanced by `{method}`{options}"
     weighting = f", its loss weighted by `{method}`{options}" if method != "equal" else ""
     return f"Task sampling: {_sampling_text(sampling)}, one task per optimizer step{weighting}"
+
+
+def _warmup_text(train: dict[str, Any]) -> str:
+    """The warmup of a saved `train:` section. A warmup_steps below 1 is a ratio (transformers 5's
+    meaning); a config saved before that has warmup_ratio beside a warmup_steps that wins when > 0."""
+    steps = train.get("warmup_steps") or 0
+    if 0 < steps < 1:
+        return f"warmup ratio {steps}"
+    if steps:
+        return f"{int(steps)} warmup steps"
+    return f"warmup ratio {train.get('warmup_ratio', 0)}"
 
 
 def _engine_text(train: dict[str, Any], used: dict[str, Any]) -> str:

@@ -39,11 +39,15 @@ class TaskConfig:
     data_files: dict[str, str | list[str]] | None = field(
         default=None, metadata={"help": "Local files per split: {train: path, validation: path}."}
     )
-    revision: str | None = None
-    train_split: str = "train"
-    eval_split: str | None = field(default="validation", metadata={"help": "null: no evaluation."})
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
+    revision: str | None = field(
+        default=None, metadata={"help": "Hub revision (branch, tag or commit) of the dataset."}
+    )
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(
+        default="validation", metadata={"help": "Split to evaluate on; null: this task is not evaluated."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N examples only."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N examples only."})
     batch_size: int | None = field(
         default=None,
         metadata={"help": "Per-device train batch size; defaults to train.per_device_train_batch_size."},

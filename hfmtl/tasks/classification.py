@@ -31,7 +31,10 @@ class SequenceTaskConfig(TaskConfig):
     text_pair_column: str | None = field(
         default=None, metadata={"help": "Column with the second text of a pair (null: single sentence)."}
     )
-    label_column: str = "label"
+    label_column: str = field(
+        default="label",
+        metadata={"help": "Column with the label: a class name or id (a list with multi_label), or a number."},
+    )
 
 
 @dataclass

@@ -31,7 +31,7 @@ from .base import PooledHead, Task, TaskConfig
 
 @dataclass
 class MultipleChoiceConfig(TaskConfig):
-    question_column: str = "question"
+    question_column: str = field(default="question", metadata={"help": "Column with the question (or the stem)."})
     choices_column: str = field(default="choices", metadata={"help": "Column with the list of choice texts."})
     context_column: str | None = field(
         default=None, metadata={"help": "Optional text put before the question (e.g. COPA's premise)."}

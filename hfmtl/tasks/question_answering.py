@@ -31,17 +31,21 @@ from .base import Task, TaskConfig, TokenHead
 
 @dataclass
 class QuestionAnsweringConfig(TaskConfig):
-    question_column: str = "question"
-    context_column: str = "context"
+    question_column: str = field(default="question", metadata={"help": "Column with the question."})
+    context_column: str = field(default="context", metadata={"help": "Column with the passage holding the answer."})
     answers_column: str = field(
         default="answers", metadata={"help": "Column of {text: [...], answer_start: [...]} (SQuAD layout)."}
     )
-    id_column: str = "id"
-    max_length: int | None = 384
+    id_column: str = field(default="id", metadata={"help": "Column with a unique id per example (scored by id)."})
+    max_length: int | None = field(
+        default=384, metadata={"help": "Tokens per window of question + context; long contexts get several windows."}
+    )
     doc_stride: int = field(default=128, metadata={"help": "Tokens shared by two consecutive windows."})
-    n_best_size: int = 20
+    n_best_size: int = field(default=20, metadata={"help": "Top start and end logits searched for the answer span."})
     max_answer_length: int = field(default=30, metadata={"help": "Longest answer span, in tokens."})
-    metrics: list[str] | None = field(default_factory=lambda: ["squad"])
+    metrics: list[str] | None = field(
+        default_factory=lambda: ["squad"], metadata={"help": "Metric names; squad gives exact_match and f1."}
+    )
 
 
 def best_span(

@@ -40,7 +40,7 @@ class TokenClassificationConfig(TaskConfig):
     tokens_column: str = field(default="tokens", metadata={"help": "Column with the list of words."})
     tags_column: str = field(default="ner_tags", metadata={"help": "Column with one tag per word."})
     label_names: list[str] | None = field(default=None, metadata={"help": "Tag names in id order."})
-    num_labels: int | None = None
+    num_labels: int | None = field(default=None, metadata={"help": "Needed for unnamed integer tags only."})
     label_all_tokens: bool = field(
         default=False, metadata={"help": "Train on every sub-token of a word, not just the first."}
     )

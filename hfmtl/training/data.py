@@ -89,9 +89,17 @@ def load_raw_splits(task: Task, train: bool = True) -> dict[str, datasets.Datase
         raise DataError(f"task {task.name!r} has no eval_split to evaluate on")
     builder_kwargs: dict[str, Any] = {}
     if c.data_files:
-        for split in wanted.values():
+        for role, split in wanted.items():
             if split not in c.data_files:
-                raise DataError(f"task {task.name!r}: data_files has no {split!r} split (has {sorted(c.data_files)})")
+                fix = (
+                    f"set tasks.{task.name}.train_split to one of them"
+                    if role == "train"
+                    else f"set tasks.{task.name}.eval_split to one of them, or eval_split: null to train "
+                    "without evaluation"
+                )
+                raise DataError(
+                    f"task {task.name!r}: data_files has no {split!r} split (has {sorted(c.data_files)}); {fix}"
+                )
         path, builder_kwargs = _builder_for(task.name, c.data_files, c.dataset)
         builder_kwargs["data_files"] = {s: c.data_files[s] for s in wanted.values()}
     else:
@@ -251,7 +259,7 @@ def build_loaders(
             tokenizer,
             batch_sizes[name],
             seed=args.seed + i,
-            group_by_length=args.group_by_length,
+            group_by_length=args.train_sampling_strategy == "group_by_length",
             num_workers=args.dataloader_num_workers,
         )
         for i, name in enumerate(tasks)

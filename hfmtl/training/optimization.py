@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 from transformers import get_scheduler
@@ -74,10 +73,10 @@ def build_optimizer(model, args: TrainConfig, balancer: Balancer | None) -> torc
 def build_scheduler(
     optimizer: torch.optim.Optimizer, args: TrainConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """``train.lr_scheduler_type`` over `total_steps`, after ``warmup_steps`` (else ``warmup_ratio``).
+    """``train.lr_scheduler_type`` over `total_steps`, after ``train.warmup_steps`` (a count, or below 1 a
+    ratio of `total_steps`).
 
     Not to be passed through `accelerator.prepare`: Accelerate would step it once per process per step;
     the loop steps it once per real optimizer step, so the schedule is the same on 1 or N processes.
     """
-    warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total_steps)
-    return get_scheduler(args.lr_scheduler_type, optimizer, warmup, total_steps)
+    return get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps(total_steps), total_steps)

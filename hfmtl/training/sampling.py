@@ -27,14 +27,16 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 
-from ..config import SAMPLING_CHOICES
+from ..config import SamplingStrategy
 from ..errors import ConfigError
 from ..typed import check_choice
+
+SAMPLING_CHOICES = get_args(SamplingStrategy)
 
 
 class TaskSampler:

@@ -1,0 +1,74 @@
+"""Writing files so that a reader, or a crash, never sees half of one.
+
+Every file hfmtl writes into a run or model directory goes through here: the content is written to a
+temporary sibling, flushed to disk (`os.fsync`), then renamed over the target (`os.replace` is atomic on
+POSIX and Windows). A crash leaves the old file or the new one, plus at most a ``*.tmp`` sibling that
+nothing reads.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "metrics.json"
+    >>> write_json_atomic(path, {"step": 1, "loss": float("nan")})
+    >>> path.read_text()
+    '{\\n  "step": 1,\\n  "loss": null\\n}'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+TMP_SUFFIX = ".tmp"
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a flushed temporary sibling and a rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write `data` as indented JSON atomically. NaN and infinities, which JSON has no words for, are
+    written as ``null`` (Python's own ``NaN`` token is not JSON, and other readers reject it)."""
+    write_text_atomic(path, json.dumps(_finite(data), indent=2, allow_nan=False))
+
+
+def replace_directory(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Put the finished directory `tmp` in the place of `final` (which may exist).
+
+    An existing `final` is first renamed aside and removed only after `tmp` took its place, so there is
+    no moment when neither is complete under a readable name.
+    """
+    tmp, final = Path(tmp), Path(final)
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = final.with_name(final.name + ".old" + TMP_SUFFIX)
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

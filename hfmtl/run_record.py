@@ -1,0 +1,155 @@
+"""The run record: ``metrics.json`` of a training, written and read through one class.
+
+A training writes its record after every evaluation and once more at the end, when the final model is
+saved (then `finished` is true). Everything that reads a run back (a resume, a staged run's next stage,
+cross-validation, the model card, ``hfmtl info``, the Hub upload) reads it through `RunRecord`.
+
+The file::
+
+    {"history": [{"step": 40, "epoch": 0.5, "eval/rte/accuracy": 0.61, ..., "eval/mean": 0.58}, ...],
+     "best": {"step": 40, "metric": "eval/mean", "value": 0.58},
+     "main_metrics": {"rte": "accuracy", ...},
+     "greater_is_better": {"eval/rte/accuracy": true, ..., "eval/mean": true},
+     "train": {"steps": 80, "runtime_seconds": ..., "mixed_precision": "no", ...}}   # once finished
+
+A staged run's root directory holds a summary of its stages instead (`write_stages_summary`).
+
+Example:
+    >>> record = RunRecord(history=[{"step": 5, "eval/mean": 0.7}, {"step": 10, "eval/mean": 0.6}],
+    ...                    best_step=5, best_value=0.7)
+    >>> record.saved_evaluation(load_best_model_at_end=True)
+    {'step': 5, 'eval/mean': 0.7}
+    >>> record.finished
+    False
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import HfmtlError
+from .files import write_json_atomic
+
+FILE_NAME = "metrics.json"
+
+
+@dataclass
+class RunRecord:
+    """The evaluations of one training and, once it finished, what it used and took.
+
+    Attributes:
+        history: one entry per evaluation: ``step``, ``epoch`` and ``eval/<task>/<metric>`` values.
+        best_step: the step of the best evaluation so far (None: nothing evaluated).
+        best_metric: the key that chose it (``eval/mean`` unless ``train.metric_for_best_model``).
+        best_value: its value at `best_step`.
+        main_metrics: task name -> the metric that stands for it in ``eval/mean``.
+        greater_is_better: logged key -> whether higher is better (keys of unknown direction are absent).
+        train: set when the final model was saved: steps, runtimes, peak memory, the precision,
+            compilation and process count the run used.
+    """
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_step: int | None = None
+    best_metric: str = "eval/mean"
+    best_value: float | None = None
+    main_metrics: dict[str, str] = field(default_factory=dict)
+    greater_is_better: dict[str, bool] = field(default_factory=dict)
+    train: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the training ended and saved its final model (it writes `train` only then)."""
+        return self.train is not None
+
+    def evaluation(self, step: int) -> dict[str, Any] | None:
+        """The evaluation at `step`, if there was one."""
+        return next((entry for entry in self.history if entry["step"] == step), None)
+
+    def saved_evaluation(self, load_best_model_at_end: bool = True) -> dict[str, Any] | None:
+        """The evaluation of the weights the training saved: the best step's with
+        ``load_best_model_at_end``, else the last; None when nothing was evaluated."""
+        if not self.history:
+            return None
+        if load_best_model_at_end and self.best_step is not None:
+            best = self.evaluation(self.best_step)
+            if best is not None:
+                return best
+        return self.history[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "history": self.history,
+            "best": {"step": self.best_step, "metric": self.best_metric, "value": self.best_value},
+            "main_metrics": self.main_metrics,
+            "greater_is_better": self.greater_is_better,
+        }
+        if self.train is not None:
+            data["train"] = self.train
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        best = data.get("best") or {}
+        # records written before the best metric was configurable: {"step": ..., "eval/mean": ...}
+        metric = best.get("metric", "eval/mean")
+        return cls(
+            history=list(data.get("history") or []),
+            best_step=best.get("step"),
+            best_metric=metric,
+            best_value=best.get("value", best.get(metric)),
+            main_metrics=dict(data.get("main_metrics") or {}),
+            greater_is_better=dict(data.get("greater_is_better") or {}),
+            train=data.get("train"),
+        )
+
+    def write(self, directory: str | os.PathLike) -> Path:
+        """Write ``metrics.json`` into `directory` (atomically); returns its path."""
+        path = Path(directory) / FILE_NAME
+        write_json_atomic(path, self.to_dict())
+        return path
+
+    @classmethod
+    def read(cls, directory: str | os.PathLike) -> RunRecord | None:
+        """The record in `directory`, or None when there is none.
+
+        Raises:
+            HfmtlError: the file is not valid JSON, or `directory` is the root of a staged run (whose
+                record is a summary of its stages: the message names the stage that holds the model).
+        """
+        data = read_json(Path(directory) / FILE_NAME)
+        if data is None:
+            return None
+        if "stages" in data:
+            raise HfmtlError(f"{directory} is the root of a staged run; its final model is in {data.get('final_model')}")
+        return cls.from_dict(data)
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A JSON file as a dict, None when it does not exist; a broken one is a one-line HfmtlError."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise HfmtlError(f"{path} is not valid JSON ({err}): a write was cut short, or it was edited") from err
+    if not isinstance(data, dict):
+        raise HfmtlError(f"{path} holds {type(data).__name__}, not a JSON object")
+    return data
+
+
+def write_stages_summary(root: str | os.PathLike, stage_dirs: dict[str, Path]) -> dict[str, Any]:
+    """Write the staged run's ``<root>/metrics.json``: each finished stage's record by stage name, and
+    where the final model is (the last stage's directory)."""
+    summary: dict[str, Any] = {"stages": {}}
+    for name, directory in stage_dirs.items():
+        record = RunRecord.read(directory)
+        if record is not None:
+            summary["stages"][name] = record.to_dict()
+    summary["final_model"] = str(list(stage_dirs.values())[-1])
+    write_json_atomic(Path(root) / FILE_NAME, summary)
+    return summary
