@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from ..errors import ConfigError
@@ -71,6 +72,9 @@ def _import_task_class(path: str, key: str) -> type[Task]:
         raise ConfigError(f"{key}={path!r}: module {module_name!r} has no {qualname!r}")
     if not (isinstance(target, type) and issubclass(target, Task)):
         raise ConfigError(f"{key}={path!r} is not a subclass of hfmtl.tasks.Task")
+    if inspect.isabstract(target):
+        missing = ", ".join(sorted(target.__abstractmethods__))
+        raise ConfigError(f"{key}={path!r} is abstract: it does not implement {missing}")
     return target
 
 
