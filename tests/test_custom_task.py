@@ -386,3 +386,20 @@ def test_a_type_that_overrides_nothing_gets_clear_refusals():
     assert Task.describe_predictions(spec) == "3 outputs per input"
     assert NumberCountTask.type_name == TYPE  # named by its path: what get_task_class imports
     assert get_task_class(TYPE) is NumberCountTask
+
+
+def test_the_task_modules_docstring_examples_run():
+    import doctest
+
+    import hfmtl.tasks.base as base
+    import hfmtl.tasks.capabilities as capabilities
+    import hfmtl.tasks.heads as heads
+
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    examples = 0
+    for module in (hfmtl.tasks, base, capabilities, heads):
+        for test in finder.find(module):
+            runner.run(test)
+            examples += len(test.examples)
+    assert runner.failures == 0 and examples >= 8

@@ -81,11 +81,24 @@ class TaskConfig:
 
 
 class Task(abc.ABC):
-    """One task of a run: its data handling, head, loss and metrics.
+    """One task of a run: its data handling, head, loss and metrics, and its type's answers to generic code.
 
     Args:
         name: the task name (the key under `tasks:`), used as the head's name in the model.
         config: this task's `TaskConfig` subclass instance.
+
+    Example:
+        >>> from hfmtl.tasks import get_task_class
+        >>> spec = {"type": "regression", "num_labels": 1, "problem_type": "regression"}
+        >>> regression = get_task_class(spec["type"])
+        >>> regression.pipeline_tag, regression.describe_predictions(spec), regression.feature_unit().regression
+        ('text-classification', 'a score', True)
+        >>> regression.standard_head(spec).auto_class.__name__
+        'AutoModelForSequenceClassification'
+        >>> get_task_class("question_answering").feature_unit()
+        Traceback (most recent call last):
+        ...
+        hfmtl.tasks.capabilities.Unsupported: question answering's targets are answer spans, not a label per example, token or choice
     """
 
     config_class: ClassVar[type[TaskConfig]] = TaskConfig

@@ -57,7 +57,7 @@ from .prediction import (
 )
 
 _IOB_TAG = re.compile(r"^(O|[BIES]-.+)$")
-RAW_TEXT_FIELD = "text"
+RAW_TEXT_FIELD = "text"  # the input field of a raw text, whatever the task's tokens_column is
 
 
 @dataclass
