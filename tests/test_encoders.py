@@ -74,7 +74,7 @@ def test_every_head_on_every_encoder_family_saves_and_reloads(family, pooling, t
 
 
 def test_mean_pooling_ignores_padding():
-    from hfmtl.tasks.base import pool
+    from hfmtl.tasks.heads import pool
 
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     mask = torch.tensor([[1, 1, 0]])

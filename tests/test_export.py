@@ -18,7 +18,7 @@ from conftest import MINILM
 
 from hfmtl import HfmtlError, MultiTaskConfig, MultiTaskModel, cli
 from hfmtl.model.adapters import add_adapters, is_peft_model
-from hfmtl.publish import export as export_module
+from hfmtl.publish import head_layouts
 from hfmtl.publish.export import export_model_dir, export_task
 
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
@@ -180,7 +180,7 @@ REFUSED = {
 
 @pytest.mark.parametrize("family", sorted(SMALL_ENCODERS))
 def test_every_family_of_the_table_exports_exactly_or_is_refused(family, tmp_path):
-    assert set(SMALL_ENCODERS) == set(export_module._FAMILIES)
+    assert set(SMALL_ENCODERS) == set(head_layouts.FAMILIES)
     torch.manual_seed(0)
     model = MultiTaskModel(MultiTaskConfig(encoder=SMALL_ENCODERS[family].to_dict(), tasks=HEADS))
     for task_name, spec in HEADS.items():
@@ -203,9 +203,9 @@ def test_an_encoder_type_outside_the_table_is_refused(tmp_path):
 
 def test_a_mapping_that_changes_the_logits_is_refused_and_writes_nothing(tmp_path, monkeypatch):
     # without pooler_hidden_act=tanh, DeBERTa's ContextPooler applies GELU: only the logit check can tell
-    family = export_module._FAMILIES["deberta-v2"]
-    broken = export_module._Family(family.sequence, family.choice, export_module._classifier_dropout)
-    monkeypatch.setitem(export_module._FAMILIES, "deberta-v2", broken)
+    family = head_layouts.FAMILIES["deberta-v2"]
+    broken = head_layouts.Family(family.sequence, family.choice, head_layouts.classifier_dropout)
+    monkeypatch.setitem(head_layouts.FAMILIES, "deberta-v2", broken)
     model = make_model("deberta-v2", {"rte": HEADS["rte"]})
     with pytest.raises(
         HfmtlError, match="DebertaV2ForSequenceClassification gives logits up to .* nothing was written"

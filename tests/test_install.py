@@ -82,12 +82,14 @@ def wheel(tmp_path_factory) -> Path:
     return found
 
 
-def test_the_wheel_holds_every_module_and_the_recipes(wheel):
+def test_the_wheel_holds_every_module_the_recipes_and_the_card_template(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "hfmtl").rglob("*.py")}
     expected |= {f"hfmtl/recipes/{p.name}" for p in (REPO_ROOT / "recipes").glob("*.py")}
+    expected |= {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "hfmtl").rglob("*.jinja")}
     assert expected - names == set()
     assert "hfmtl/recipes/train.py" in names
+    assert "hfmtl/publish/model_card.md.jinja" in names
 
 
 @pytest.mark.slow
@@ -128,3 +130,6 @@ def test_hfmtl_train_from_the_installed_wheel_outside_the_checkout(wheel, tiny_e
     assert run.returncode == 0, run.stderr[-3000:]
     assert (out / "model.safetensors").is_file()
     assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 2
+    # the card is rendered from the template inside the wheel
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "## Tasks" in card and "| `rte` | classification |" in card

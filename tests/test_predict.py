@@ -21,8 +21,8 @@ from hfmtl import MultiTaskModel, cli
 from hfmtl.cli.predict import model_info
 from hfmtl.errors import HfmtlError
 from hfmtl.inference import Predictor
-from hfmtl.inference.tokens import split_words
 from hfmtl.tasks import build_task, task_config_from_dict
+from hfmtl.tasks.prediction import split_words
 
 NER_LABELS = TASK_CONFIGS["ner"]["label_names"]
 TOPICS = ["sports", "politics", "business", "science"]
@@ -418,13 +418,14 @@ def test_a_per_task_lora_model(tiny_encoder_dir, tmp_path, capsys):
 def test_docstring_examples_run(model_dir, predictor):
     import hfmtl.cli.predict as cli_module
     import hfmtl.inference.predictor as predictor_module
-    import hfmtl.inference.tokens as tokens_module
+    import hfmtl.inference.saved_tasks as saved_tasks_module
+    import hfmtl.tasks.prediction as prediction_module
 
     globs = {"model_dir": str(model_dir), "predictor": predictor}
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     examples = 0
-    for module in (predictor_module, cli_module, tokens_module):
+    for module in (predictor_module, cli_module, saved_tasks_module, prediction_module):
         for test in finder.find(module, extraglobs=globs):
             runner.run(test)
             examples += len(test.examples)

@@ -25,11 +25,9 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from ..model import adapters
-from ..tasks import Task
-from ..tasks.base import pool
-from ..tasks.classification import ClassificationTask, RegressionTask
-from ..tasks.multiple_choice import MultipleChoiceTask
-from ..tasks.token_classification import IGNORE_INDEX, TokenClassificationTask
+from ..tasks import FeatureUnit, Task, Unsupported
+from ..tasks.heads import pool
+from ..tasks.labels import IGNORE_INDEX
 from ..training.data import build_eval_loader
 from .transferability import rank_sources
 
@@ -73,18 +71,12 @@ def _encode_fn(model: nn.Module, task: Task):
     return model, None if takes_any else {p.name for p in parameters}, 0
 
 
-def _check_supported(task: Task) -> str:
-    if isinstance(task, TokenClassificationTask):
-        return "token"
-    if isinstance(task, MultipleChoiceTask):
-        return "choice"
-    if isinstance(task, (ClassificationTask, RegressionTask)):
-        return "example"
-    raise ConfigError(
-        f"task {task.name!r} ({task.type_name}): transferability estimates need a label per example, per "
-        "token or per choice (classification, regression, token_classification, multiple_choice); "
-        "question answering's span targets have no such label and are not supported"
-    )
+def _feature_unit(task: Task) -> FeatureUnit:
+    """What a row is for this task's type (`Task.feature_unit`); a type without one is refused."""
+    try:
+        return type(task).feature_unit()
+    except Unsupported as err:
+        raise ConfigError(f"task {task.name!r} ({task.type_name}) has no transferability estimate: {err}") from None
 
 
 @torch.no_grad()
@@ -107,7 +99,8 @@ def extract_features(
     which `prepare_task_data` produces; train features built with ``label_all_tokens`` label every
     sub-token). Multiple choice gets one pooled vector per (example, choice), labelled 1 for the right
     choice and 0 for the others (padded choices are dropped): LogME / H-score then measure how well the
-    features tell right choices from wrong ones. Question answering is refused.
+    features tell right choices from wrong ones. The task's type says which of these its rows are
+    (`Task.feature_unit`); a type with none of them (question answering) is refused.
 
     The model runs in eval mode (no dropout) under ``torch.no_grad``; its mode is restored afterwards.
 
@@ -130,7 +123,7 @@ def extract_features(
         >>> feats = extract_features(model, task, data.eval_features, tokenizer)           # doctest: +SKIP
         >>> logme(feats.features, feats.labels, regression=feats.regression)              # doctest: +SKIP
     """
-    unit = _check_supported(task)
+    feature_unit = _feature_unit(task)
     if "labels" not in dataset.column_names:
         raise DataError(f"task {task.name!r}: the features have no 'labels' column (columns: {dataset.column_names})")
     if max_examples is not None and max_examples < len(dataset):
@@ -149,17 +142,17 @@ def extract_features(
             inputs = {k: v.to(device) for k, v in batch.items() if k in task.model_input_names}
             if input_names is not None:
                 inputs = {k: v for k, v in inputs.items() if k in input_names}
-            if unit == "choice":
+            if feature_unit.unit == "choice":
                 inputs = {k: v.flatten(0, 1) for k, v in inputs.items()}
             hidden = encoder(**inputs, return_dict=True).last_hidden_state[:, virtual:].float()
             target = batch["labels"]
-            if unit == "token":
+            if feature_unit.unit == "token":
                 keep = (target != IGNORE_INDEX).to(device)
                 rows.append(hidden[keep].cpu())
                 labels.append(target[keep.cpu()])
                 continue
             pooled = pool(hidden, inputs.get("attention_mask"), pooling).cpu()
-            if unit == "choice":
+            if feature_unit.unit == "choice":
                 num_choices = batch["input_ids"].shape[1]
                 keep = batch["choice_mask"].flatten().bool()
                 correct = torch.nn.functional.one_hot(target, num_choices).flatten()
@@ -174,8 +167,8 @@ def extract_features(
     return TaskFeatures(
         features=torch.cat(rows).numpy().astype(np.float32),
         labels=label_array,
-        regression=isinstance(task, RegressionTask),
-        unit=unit,
+        regression=feature_unit.regression,
+        unit=feature_unit.unit,
     )
 
 

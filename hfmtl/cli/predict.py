@@ -39,9 +39,11 @@ from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
 from ..errors import HfmtlError
-from ..inference.predictor import Predictor, optional_file, read_run_config, task_for
+from ..inference.predictor import Predictor
+from ..inference.saved_tasks import optional_file, read_run_config, task_for
 from ..model.configuration import MultiTaskConfig
-from ..tasks.prediction import PREDICTORS, InputError
+from ..tasks import Unsupported, get_task_class
+from ..tasks.prediction import InputError
 
 METRICS_FILE = "metrics.json"
 
@@ -190,9 +192,10 @@ def model_info(model_name_or_path: str, **hub_kwargs: Any) -> dict[str, Any]:
     for name, spec in config.tasks.items():
         id2label = spec.get("id2label")
         inputs = None
-        if spec["type"] in PREDICTORS:
+        with contextlib.suppress(Unsupported):  # a task type without a predictor reads no inputs
+            predictor_class = get_task_class(spec["type"]).predictor_class()
             task, strict = task_for(name, spec, run_config)
-            inputs = PREDICTORS[spec["type"]](task, spec, None, 0, strict).describe_fields()
+            inputs = predictor_class(task, spec, None, 0, strict).describe_fields()
         tasks[name] = {
             "type": spec["type"],
             "num_labels": spec.get("num_labels"),

@@ -1,9 +1,10 @@
 """Inference: predictions of a saved multi-task model from raw inputs.
 
 `Predictor`: ``Predictor.from_pretrained(path_or_repo)`` then ``predict(task_name, inputs)`` or
-``predict_many(requests)``. Each task type brings its own `TaskPredictor` (hfmtl/tasks/).
+``predict_many(requests)``. Each task type brings its own `TaskPredictor`, in its file under hfmtl/tasks/.
 """
 
-from .predictor import Predictor, read_run_config
+from .predictor import Predictor
+from .saved_tasks import read_run_config
 
 __all__ = ["Predictor", "read_run_config"]

@@ -18,24 +18,15 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
-from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import torch
-import yaml
 from transformers import AutoConfig, AutoTokenizer
-from transformers.utils import cached_file
 
 from ..errors import DataError, HfmtlError
 from ..model import MultiTaskConfig, MultiTaskModel
-from ..tasks import build_task, get_task_class, task_config_from_dict
-from ..tasks.base import Task
-from ..tasks.prediction import PREDICTORS, InputError, PredictOptions, TaskPredictor
-from . import choices, sequence, spans, tokens  # noqa: F401  (register the task types' predictors)
-
-RUN_CONFIG_FILE = "config.yaml"
-# a placeholder for the dataset a TaskConfig insists on; nothing is ever loaded from it
-_NO_DATASET = "<none: inference>"
+from ..tasks.prediction import InputError, PredictOptions, TaskPredictor
+from .saved_tasks import read_run_config, task_for, task_predictor_class
 
 
 class Predictor:
@@ -277,55 +268,15 @@ class Predictor:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise HfmtlError(f"unknown task {task_name!r}{hint} (this model's tasks: {', '.join(specs)})")
         spec = specs[task_name]
-        if spec["type"] not in PREDICTORS:
-            raise HfmtlError(f"task {task_name!r} is of type {spec['type']!r}, which has no predictor")
+        predictor_class = task_predictor_class(task_name, spec)
         task, strict = task_for(task_name, spec, self.run_config)
         max_length = self._max_length or task.config.max_length or self._run_max_length() or self._limit
-        runner = PREDICTORS[spec["type"]](task, spec, self.tokenizer, min(max_length, self._limit), strict)
+        runner = predictor_class(task, spec, self.tokenizer, min(max_length, self._limit), strict)
         self._runners[task_name] = runner
         return runner
 
     def _run_max_length(self) -> int | None:
         return ((self.run_config or {}).get("model") or {}).get("max_length")
-
-
-def task_for(task_name: str, spec: dict[str, Any], run_config: Mapping[str, Any] | None) -> tuple[Task, bool]:
-    """The task object of a head: from the run config's section of that task when there is one (then
-    `strict`: the fields it was trained with are required), else with the documented default fields."""
-    section = ((run_config or {}).get("tasks") or {}).get(task_name)
-    if section is not None:
-        task = build_task(task_name, task_config_from_dict(task_name, section))
-        task.adopt_head_spec(spec)  # also checks that the section's type is the head's
-        return task, True
-    cls = get_task_class(spec["type"])
-    known = {f.name for f in dataclass_fields(cls.config_class)}
-    defaults = {k: v for k, v in PREDICTORS[spec["type"]].default_fields.items() if k in known}
-    return build_task(task_name, cls.config_class(type=spec["type"], dataset=_NO_DATASET, **defaults)), False
-
-
-def optional_file(model_name_or_path: str, filename: str, **hub_kwargs: Any) -> str | None:
-    """The local path of a file of the model (downloaded if need be), or None if the model has none.
-
-    Raises:
-        HfmtlError: the Hub cannot be reached (never silently taken for "no such file").
-    """
-    try:
-        return cached_file(model_name_or_path, filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
-    except OSError as err:
-        raise HfmtlError(f"cannot fetch {filename} of {model_name_or_path!r}: {err}".replace("\n", " ")) from err
-
-
-def read_run_config(model_name_or_path: str, **hub_kwargs: Any) -> dict[str, Any] | None:
-    """The run's ``config.yaml`` saved beside the model (a dict), or None when there is none."""
-    path = optional_file(model_name_or_path, RUN_CONFIG_FILE, **hub_kwargs)
-    if path is None:
-        return None
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as err:
-            raise HfmtlError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from err
-    return data if isinstance(data, dict) else None
 
 
 def _device(device: str | torch.device | None) -> torch.device:

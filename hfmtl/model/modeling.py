@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ..errors import ConfigError, HfmtlError
-from ..tasks import get_task_class
+from ..tasks import Unsupported, get_task_class
 from . import adapters
 from .backbone import check_same_architecture, encoder_kwargs
 from .configuration import MultiTaskConfig
@@ -190,8 +190,8 @@ class MultiTaskModel(PreTrainedModel):
         """One encoder pass over a batch whose rows belong to different tasks (inference).
 
         Row i goes through task ``tasks[i]``'s adapter (per-task PEFT: PEFT's per-row ``adapter_names``)
-        and head; the logits equal running each task's rows alone. Multiple-choice rows, which need a
-        choices dimension, are not accepted.
+        and head; the logits equal running each task's rows alone. Rows of a task whose type refuses
+        (`Task.check_mixed_batch`: multiple choice, whose inputs need a choices dimension) are not accepted.
 
         Returns:
             One logits tensor per row: (num_labels,) for sequence tasks, (length, num_labels) for token
@@ -205,8 +205,10 @@ class MultiTaskModel(PreTrainedModel):
         for task in set(tasks):
             if task not in self.heads:
                 raise KeyError(f"unknown task {task!r}; this model has heads for {sorted(self.heads)}")
-            if self.config.tasks[task]["type"] == "multiple_choice":
-                raise ValueError(f"task {task!r} is multiple choice: run it with forward(task=...)")
+            try:
+                get_task_class(self.config.tasks[task]["type"]).check_mixed_batch(self.config.tasks[task])
+            except Unsupported as err:
+                raise ValueError(f"task {task!r} {err}: run it with forward(task=...)") from None
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         inputs = {k: v for k, v in inputs.items() if v is not None and k in self.encoder_input_names}
         hidden = self._encode(inputs, **adapters.mixed_adapter_names(self, tasks))

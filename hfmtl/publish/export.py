@@ -1,8 +1,9 @@
 """Export one task of a multi-task model to a standard transformers model.
 
 The export is a plain ``...ForSequenceClassification`` / ``...ForTokenClassification`` /
-``...ForMultipleChoice`` / ``...ForQuestionAnswering`` of the encoder's own family, with the task's head
-mapped onto the family's standard head, its labels, its ``problem_type`` and the tokenizer beside it.
+``...ForMultipleChoice`` / ``...ForQuestionAnswering`` of the encoder's own family (the task type says
+which: `Task.standard_head`), with the task's head mapped onto the family's standard head, its labels,
+its ``problem_type`` and the tokenizer beside it.
 It loads with `transformers.pipeline` where hfmtl is not installed, and it is written only after the
 reloaded export gave the same logits as hfmtl on test inputs: an export that would silently
 compute something else is refused, and nothing half-written is ever left at the target.
@@ -21,104 +22,20 @@ import copy
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForMultipleChoice,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-    PreTrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
 from ..errors import HfmtlError
 from ..model import MultiTaskConfig, MultiTaskModel
 from ..model.adapters import is_peft_model, merged_encoder
-from ..tasks.base import PooledHead, TokenHead
-
-# task type -> (head kind, the Auto class whose model the task becomes)
-_KINDS: dict[str, tuple[str, Any]] = {
-    "classification": ("sequence", AutoModelForSequenceClassification),
-    "regression": ("sequence", AutoModelForSequenceClassification),
-    "token_classification": ("token", AutoModelForTokenClassification),
-    "multiple_choice": ("choice", AutoModelForMultipleChoice),
-    "question_answering": ("qa", AutoModelForQuestionAnswering),
-}
-_PROBLEM_TYPES = {"classification": "single_label_classification", "regression": "regression"}
-# A TokenHead (dropout -> linear) is the standard per-token head of every family below.
-_TOKEN_TARGETS = {"token": "classifier", "qa": "qa_outputs"}
-
-
-def _classifier_dropout(config: PreTrainedConfig, dropout: float) -> dict[str, Any]:
-    return {"classifier_dropout": dropout}
-
-
-def _deberta_config(config: PreTrainedConfig, dropout: float) -> dict[str, Any]:
-    # ContextPooler's activation is a config value (GELU by default): tanh makes it hfmtl's head
-    return {
-        "pooler_hidden_act": "tanh",
-        "pooler_hidden_size": config.hidden_size,
-        "pooler_dropout": dropout,
-        "cls_dropout": dropout,
-    }
-
-
-def _electra_config(config: PreTrainedConfig, dropout: float) -> dict[str, Any]:
-    # ElectraForMultipleChoice's SequenceSummary is configurable: first token -> linear -> tanh
-    return {
-        "classifier_dropout": dropout,
-        "summary_type": "first",
-        "summary_use_proj": True,
-        "summary_proj_to_labels": False,
-        "summary_activation": "tanh",
-        "summary_first_dropout": dropout,
-        "summary_last_dropout": dropout,
-    }
-
-
-@dataclass(frozen=True)
-class _Family:
-    """Where a `PooledHead`'s ``dense`` and ``out_proj`` go in one encoder family's standard classes.
-
-    `sequence` (``...ForSequenceClassification``) and `choice` (``...ForMultipleChoice``) each hold the
-    (dense, out_proj) module names, ``{base}`` standing for the base model's attribute, or, where the
-    standard head cannot compute ``out_proj(tanh(dense(first token)))``, the reason why not.
-    `config` gives the config values that make the standard head match (and keep the head's dropout).
-    """
-
-    sequence: tuple[str, str] | str
-    choice: tuple[str, str] | str
-    config: Callable[[PreTrainedConfig, float], dict[str, Any]] = _classifier_dropout
-
-
-_POOLER = ("{base}.pooler.dense", "classifier")  # BERT's pooler is dense + tanh on the first token
-_ROBERTA = _Family(sequence=("classifier.dense", "classifier.out_proj"), choice=_POOLER)
-_DEBERTA_POOLER = ("pooler.dense", "classifier")
-_DISTILBERT = "DistilBERT's head applies a fixed ReLU after pre_classifier where hfmtl's head applies tanh"
-
-# Checked against transformers' modeling files; an encoder type missing here is refused.
-_FAMILIES: dict[str, _Family] = {
-    "bert": _Family(sequence=_POOLER, choice=_POOLER),
-    "roberta": _ROBERTA,
-    "xlm-roberta": _ROBERTA,
-    "camembert": _ROBERTA,
-    "deberta": _Family(_DEBERTA_POOLER, "transformers has no DebertaForMultipleChoice", _deberta_config),
-    "deberta-v2": _Family(_DEBERTA_POOLER, _DEBERTA_POOLER, _deberta_config),
-    "electra": _Family(
-        sequence="ELECTRA's classification head applies a fixed GELU where hfmtl's head applies tanh",
-        choice=("sequence_summary.summary", "classifier"),
-        config=_electra_config,
-    ),
-    "distilbert": _Family(sequence=_DISTILBERT, choice=_DISTILBERT),
-}
+from ..tasks import StandardHead, Unsupported, get_task_class
+from ..tasks.heads import PooledHead, TokenHead
+from .head_layouts import FAMILIES, Family
 
 
 def export_model_dir(
@@ -148,7 +65,7 @@ def export_model_dir(
         raise _load_error(model_dir, err) from err
     if not isinstance(config, MultiTaskConfig):
         raise HfmtlError(f"{model_dir} holds a {config.model_type!r} model, not an hfmtl multi-task model")
-    _check_task(config, task_name)  # before loading any weights
+    _standard_head(config, task_name)  # the task is known and its type exportable, before loading weights
     try:
         model = MultiTaskModel.from_pretrained(model_dir, config=config)
     except (OSError, ValueError) as err:  # missing or unreadable weights
@@ -195,16 +112,16 @@ def export_task(
         >>> AutoModelForTokenClassification.from_pretrained("exported/ner")  # doctest: +SKIP
     """
     plain = _plain_model(model, task_name)
+    target = _standard_head(model.config, task_name)
     out = _check_target(Path(out_dir), overwrite)
-    standard = _build_standard(plain, task_name)
-    auto_class = _KINDS[model.config.tasks[task_name]["type"]][1]
+    standard = _build_standard(plain, task_name, target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         standard.save_pretrained(tmp)
         del standard  # the check below reloads from disk, as a user of the export will
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        _verify(model, task_name, tmp, auto_class)  # against the model as given, adapters and all
+        _verify(model, task_name, tmp, target)  # against the model as given, adapters and all
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -221,6 +138,15 @@ def _check_task(config: MultiTaskConfig, task_name: str) -> dict[str, Any]:
     if task_name not in config.tasks:
         raise HfmtlError(f"unknown task {task_name!r}; this model has tasks {sorted(config.tasks)}")
     return config.tasks[task_name]
+
+
+def _standard_head(config: MultiTaskConfig, task_name: str) -> StandardHead:
+    """Where the task's type puts its head in a standard model; a type with none is refused."""
+    spec = _check_task(config, task_name)
+    try:
+        return get_task_class(spec["type"], f"tasks.{task_name}.type").standard_head(spec)
+    except Unsupported as err:
+        raise HfmtlError(f"cannot export task {task_name!r} of type {spec['type']!r}: {err}") from None
 
 
 def _plain_model(model: MultiTaskModel, task_name: str) -> MultiTaskModel:
@@ -242,38 +168,35 @@ def _plain_model(model: MultiTaskModel, task_name: str) -> MultiTaskModel:
     return model
 
 
-def _build_standard(model: MultiTaskModel, task_name: str) -> PreTrainedModel:
+def _build_standard(model: MultiTaskModel, task_name: str, target: StandardHead) -> PreTrainedModel:
     """The standard model of the task, holding the encoder's and the head's weights."""
     spec = model.config.tasks[task_name]
-    if spec["type"] not in _KINDS:
-        raise HfmtlError(f"task {task_name!r} of type {spec['type']!r} has no standard transformers head to export to")
-    kind, auto_class = _KINDS[spec["type"]]
     model_type = model.config.encoder.model_type
-    if model_type not in _FAMILIES:
+    if model_type not in FAMILIES:
         raise HfmtlError(
             f"cannot export task {task_name!r}: encoder type {model_type!r} has no known head layout "
-            f"(supported: {', '.join(sorted(_FAMILIES))})"
+            f"(supported: {', '.join(sorted(FAMILIES))})"
         )
-    family = _FAMILIES[model_type]
+    family = FAMILIES[model_type]
     head = model.heads[task_name]
-    targets = _head_targets(task_name, kind, family, head)
+    targets = _head_targets(task_name, target, family, head)
 
     config = copy.deepcopy(model.config.encoder)  # from_config writes into it: keep the model's own intact
     for key, value in family.config(config, head.dropout.p).items():
         setattr(config, key, value)
     # set even where it is None: a value left from the encoder's checkpoint would pick the wrong loss
-    config.problem_type = spec.get("problem_type") or _PROBLEM_TYPES.get(spec["type"])
+    config.problem_type = spec.get("problem_type") or target.problem_type
     id2label = spec.get("id2label") or {i: f"LABEL_{i}" for i in range(spec["num_labels"])}
     config.id2label = {int(i): str(name) for i, name in id2label.items()}
     config.label2id = {name: i for i, name in config.id2label.items()}
 
     dtype = next(model.encoder.parameters()).dtype
-    standard = auto_class.from_config(config, dtype=dtype)
+    standard = target.auto_class.from_config(config, dtype=dtype)
     base = standard.base_model_prefix
     state = {f"{base}.{key}": value for key, value in model.encoder.state_dict().items()}
-    for source, target in targets.items():
+    for source, destination in targets.items():
         for name, tensor in getattr(head, source).state_dict().items():
-            state[f"{target.format(base=base)}.{name}"] = tensor
+            state[f"{destination.format(base=base)}.{name}"] = tensor
     try:
         missing, unexpected = standard.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatch
@@ -286,12 +209,13 @@ def _build_standard(model: MultiTaskModel, task_name: str) -> PreTrainedModel:
     return standard
 
 
-def _head_targets(task_name: str, kind: str, family: _Family, head: nn.Module) -> dict[str, str]:
+def _head_targets(task_name: str, target: StandardHead, family: Family, head: nn.Module) -> dict[str, str]:
     """Head submodule name -> the standard module it is copied into; raises where there is none."""
-    if kind in _TOKEN_TARGETS:
+    if target.layout == "token":
+        # a TokenHead (dropout -> linear) is the standard per-token head of every family in FAMILIES
         if not isinstance(head, TokenHead):
             raise HfmtlError(f"cannot export task {task_name!r}: its head is a {type(head).__name__}, not a TokenHead")
-        return {"out_proj": _TOKEN_TARGETS[kind]}
+        return {"out_proj": target.token_module}
     if not isinstance(head, PooledHead):
         raise HfmtlError(f"cannot export task {task_name!r}: its head is a {type(head).__name__}, not a PooledHead")
     if head.pooling != "cls":
@@ -299,15 +223,15 @@ def _head_targets(task_name: str, kind: str, family: _Family, head: nn.Module) -
             f"cannot export task {task_name!r}: it pools with {head.pooling!r} but transformers' heads read the "
             "first token only (train with pooling: cls to export)"
         )
-    layout = getattr(family, kind)
+    layout = getattr(family, target.layout)
     if isinstance(layout, str):
         raise HfmtlError(f"cannot export task {task_name!r} exactly: {layout}")
     return {"dense": layout[0], "out_proj": layout[1]}
 
 
-def _verify(model: MultiTaskModel, task_name: str, directory: Path, auto_class: Any) -> None:
+def _verify(model: MultiTaskModel, task_name: str, directory: Path, target: StandardHead) -> None:
     """Reload the export from `directory` and compare its logits with `model`'s on test inputs."""
-    exported, info = auto_class.from_pretrained(directory, output_loading_info=True)
+    exported, info = target.auto_class.from_pretrained(directory, output_loading_info=True)
     problems = {
         key: sorted(map(str, info.get(key) or ())) for key in ("missing_keys", "unexpected_keys", "mismatched_keys")
     }
@@ -316,7 +240,7 @@ def _verify(model: MultiTaskModel, task_name: str, directory: Path, auto_class: 
     device = next(model.parameters()).device
     exported.to(device)
     accepted = model.encoder_input_names  # the base encoder's inputs, also under a PEFT wrapper
-    choices = 3 if _KINDS[model.config.tasks[task_name]["type"]][0] == "choice" else None
+    choices = 3 if target.layout == "choice" else None
     inputs = {k: v.to(device) for k, v in _probe_inputs(model.config.encoder, accepted, choices).items()}
     with _eval_mode(model), _eval_mode(exported), torch.inference_mode():
         expected = model(task=task_name, **inputs).logits

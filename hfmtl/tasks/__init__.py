@@ -1,8 +1,10 @@
 """Registry of task types.
 
 Add a task type by writing one file here with a `Task` subclass decorated by `@register_task("name")`,
-and importing it at the bottom of this module. A task type defined outside the package can be used by
-its dotted path: ``type: mypackage.tasks:MyTask``.
+and importing it at the bottom of this module. A task type defined outside the package needs no change
+here: name it by its path, ``type: mypackage.tasks:MyTask`` (or ``mypackage.tasks.MyTask``). Its heads
+are saved under that path, so a saved model imports the module again when it is loaded: the module
+must be importable there too (installed, or on ``PYTHONPATH``).
 
 Example:
     >>> sorted(TASK_TYPES)
@@ -12,11 +14,13 @@ Example:
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from ..errors import ConfigError
 from ..typed import _suggest, build_dataclass
 from .base import Task, TaskConfig
+from .capabilities import FeatureUnit, StandardHead, Unsupported, UsageSnippet
 from .metrics import check_metric_name
 
 TASK_TYPES: dict[str, type[Task]] = {}
@@ -36,22 +40,42 @@ def register_task(type_name: str):
 
 
 def get_task_class(type_name: str, key: str = "type") -> type[Task]:
-    """The Task class for a registered type name or a ``module:Class`` / ``module.Class`` path."""
+    """The Task class for a registered type name or a ``module:Class`` / ``module.Class`` path.
+
+    Raises:
+        ConfigError: an unknown name, a module that cannot be imported, or a path that names no Task
+            subclass (one line, naming `key`).
+    """
     if type_name in TASK_TYPES:
         return TASK_TYPES[type_name]
     if ":" in type_name or "." in type_name:
-        module_name, _, attr = type_name.replace(":", ".").rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f"{key}={type_name!r} cannot be imported: {err}") from err
-        if not (isinstance(cls, type) and issubclass(cls, Task)):
-            raise ConfigError(f"{key}={type_name!r} is not a subclass of hfmtl.tasks.Task")
-        return cls
+        return _import_task_class(type_name, key)
     raise ConfigError(
         f"{key}={type_name!r} is not a task type{_suggest(type_name, TASK_TYPES)} "
         f"(known: {', '.join(sorted(TASK_TYPES))}; or a dotted path to a Task subclass)"
     )
+
+
+def _import_task_class(path: str, key: str) -> type[Task]:
+    module_name, _, qualname = path.partition(":") if ":" in path else path.rpartition(".")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"{key}={path!r}: module {module_name!r} cannot be imported ({reason}); the module that defines "
+            "this task type must be importable here (installed, or on PYTHONPATH)"
+        ) from err
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    if target is None:
+        raise ConfigError(f"{key}={path!r}: module {module_name!r} has no {qualname!r}")
+    if not (isinstance(target, type) and issubclass(target, Task)):
+        raise ConfigError(f"{key}={path!r} is not a subclass of hfmtl.tasks.Task")
+    if inspect.isabstract(target):
+        missing = ", ".join(sorted(target.__abstractmethods__))
+        raise ConfigError(f"{key}={path!r} is abstract: it does not implement {missing}")
+    return target
 
 
 def task_config_from_dict(name: str, data: Any) -> TaskConfig:
@@ -81,4 +105,15 @@ def build_task(name: str, config: TaskConfig) -> Task:
 # Task types shipped with hfmtl: imported for their @register_task side effect.
 from . import classification, multiple_choice, question_answering, token_classification  # noqa: E402,F401
 
-__all__ = ["TASK_TYPES", "Task", "TaskConfig", "build_task", "get_task_class", "register_task"]
+__all__ = [
+    "TASK_TYPES",
+    "FeatureUnit",
+    "StandardHead",
+    "Task",
+    "TaskConfig",
+    "Unsupported",
+    "UsageSnippet",
+    "build_task",
+    "get_task_class",
+    "register_task",
+]

@@ -1,21 +1,26 @@
 """The Task contract: everything one task type owns, in one place.
 
-A task type (one file under ``hfmtl/tasks/``) subclasses `Task` and `TaskConfig`, and is registered with
-`@register_task("<type>")`. It owns:
+A task type (one file under ``hfmtl/tasks/``, or any importable module) subclasses `Task` and
+`TaskConfig`. It owns:
 
 - its config: the columns it reads and its options (a `TaskConfig` subclass);
 - `setup`: checks the raw dataset has those columns and resolves the labels;
 - `preprocess`: raw examples -> model features (tokenized once, cached by `datasets`);
 - `collate`: a list of features -> a padded batch of tensors (dynamic padding);
 - `build_head` / `compute_loss`: static, so the model rebuilds its heads from the saved head spec alone;
-- `eval_outputs` / `compute_metrics`: what to gather from each eval batch, and the metrics over them.
+- `eval_outputs` / `compute_metrics`: what to gather from each eval batch, and the metrics over them;
+- what generic code asks of the type, from the saved head spec alone (classmethods, so no data is
+  needed): `predictor_class` (predictions from raw inputs), `pipeline_tag` / `describe_predictions` /
+  `usage_snippet` (the model card), `standard_head` (export to a standard transformers model),
+  `feature_unit` (transferability estimates), `check_mixed_batch` (`MultiTaskModel.forward_mixed`).
+  A type that cannot do one of these raises `Unsupported` with the reason; the defaults here do.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -23,7 +28,11 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from ..typed import check_positive
+from .capabilities import FeatureUnit, StandardHead, Unsupported, UsageSnippet
 from .metrics import compute_metric, greater_is_better, metric_key
+
+if TYPE_CHECKING:
+    from .prediction import TaskPredictor
 
 
 @dataclass
@@ -76,17 +85,38 @@ class TaskConfig:
 
 
 class Task(abc.ABC):
-    """One task of a run: its data handling, head, loss and metrics.
+    """One task of a run: its data handling, head, loss and metrics, and its type's answers to generic code.
 
     Args:
         name: the task name (the key under `tasks:`), used as the head's name in the model.
         config: this task's `TaskConfig` subclass instance.
+
+    Example:
+        >>> from hfmtl.tasks import get_task_class
+        >>> spec = {"type": "regression", "num_labels": 1, "problem_type": "regression"}
+        >>> regression = get_task_class(spec["type"])
+        >>> regression.pipeline_tag, regression.describe_predictions(spec), regression.feature_unit().regression
+        ('text-classification', 'a score', True)
+        >>> regression.standard_head(spec).auto_class.__name__
+        'AutoModelForSequenceClassification'
+        >>> get_task_class("question_answering").feature_unit()
+        Traceback (most recent call last):
+        ...
+        hfmtl.tasks.capabilities.Unsupported: question answering's targets are answer spans, not a label per example, token or choice
     """
 
     config_class: ClassVar[type[TaskConfig]] = TaskConfig
+    #: The name a head spec saves as its ``type`` and `get_task_class` resolves: the registered name
+    #: (``@register_task``), else ``module:Class``, so a type defined outside hfmtl reloads by import.
     type_name: ClassVar[str] = ""
     #: Encoder input tensors a collated batch may carry.
     model_input_names: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "token_type_ids")
+    #: The Hub pipeline type of the head (huggingface.js pipelines.ts), for the model card's metadata.
+    pipeline_tag: ClassVar[str] = "other"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.type_name = f"{cls.__module__}:{cls.__qualname__}"  # `register_task` replaces it
 
     def __init__(self, name: str, config: TaskConfig):
         self.name = name
@@ -227,93 +257,60 @@ class Task(abc.ABC):
                 f"{sorted(results)}"
             )
 
+    # --- what generic code asks of the type: from the head spec alone ------------------------------
 
-def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, mode: str) -> torch.Tensor:
-    """One vector per sequence: the first token ('cls') or the mean over non-padding tokens ('mean')."""
-    if mode == "cls":
-        return hidden_states[:, 0]
-    if attention_mask is None:
-        return hidden_states.mean(dim=1)
-    mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
-    return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    @classmethod
+    def predictor_class(cls) -> type[TaskPredictor]:
+        """The `TaskPredictor` subclass that predicts this type from raw inputs (`hfmtl.Predictor`).
 
+        Raises:
+            Unsupported: the type has no predictor.
+        """
+        raise Unsupported("it has no predictor (its Task class does not override predictor_class)")
 
-class PooledHead(nn.Module):
-    """Sequence-level head: pool -> dropout -> dense -> tanh -> dropout -> linear.
+    @classmethod
+    def describe_predictions(cls, spec: dict[str, Any]) -> str:
+        """What the head predicts, in a few words for the model card's table (e.g. its label names)."""
+        names = [str(v) for _, v in sorted((spec.get("id2label") or {}).items(), key=lambda kv: int(kv[0]))]
+        if names:
+            return ", ".join(names[:10]) + (f", ... ({len(names)} labels)" if len(names) > 10 else "")
+        return f"{spec.get('num_labels')} outputs per input"
 
-    The same shape as RoBERTa's classification head and as BERT's pooler + classifier, so a task trained
-    here can later be mapped onto a standard `...ForSequenceClassification` / `...ForMultipleChoice`.
-    """
+    @classmethod
+    def usage_snippet(cls, task_name: str, spec: dict[str, Any], section: dict[str, Any]) -> UsageSnippet | None:
+        """The model card's example of running this task with plain transformers, or None (no example).
 
-    def __init__(self, hidden_size: int, num_outputs: int, dropout: float, pooling: str):
-        super().__init__()
-        self.pooling = pooling
-        self.dense = nn.Linear(hidden_size, hidden_size)
-        self.dropout = nn.Dropout(dropout)
-        self.out_proj = nn.Linear(hidden_size, num_outputs)
+        Args:
+            task_name: the task's name in the model.
+            spec: its head spec.
+            section: the task's section of the run config (empty when the model has none).
+        """
+        return None
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.dropout(pool(hidden_states, attention_mask, self.pooling))
-        x = torch.tanh(self.dense(x))
-        return self.out_proj(self.dropout(x))
+    @classmethod
+    def standard_head(cls, spec: dict[str, Any]) -> StandardHead:
+        """The standard transformers model this head is exported to (``hfmtl export``).
 
+        Raises:
+            Unsupported: there is none that computes exactly what the head does.
+        """
+        raise Unsupported("it has no standard transformers head to export to")
 
-class TokenHead(nn.Module):
-    """Per-token head: dropout -> linear, as in transformers' `...ForTokenClassification`."""
+    @classmethod
+    def feature_unit(cls) -> FeatureUnit:
+        """What a row of this type's frozen features is, for the transferability estimates.
 
-    def __init__(self, hidden_size: int, num_outputs: int, dropout: float):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.out_proj = nn.Linear(hidden_size, num_outputs)
+        Raises:
+            Unsupported: its targets give no label per example, per token or per choice.
+        """
+        raise Unsupported("it has no label per example, per token or per choice")
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        return self.out_proj(self.dropout(hidden_states))
+    @classmethod
+    def check_mixed_batch(cls, spec: dict[str, Any]) -> None:
+        """Whether rows of this task may share an encoder pass with other tasks' rows
+        (`MultiTaskModel.forward_mixed`): any head that takes (batch, length) inputs row by row may.
 
-
-def resolve_label_names(
-    task: Task,
-    splits: dict[str, Any],
-    label_column: str,
-    config_names: list[str] | None,
-    num_labels: int | None,
-    multi_label: bool = False,
-) -> list[str]:
-    """Label names from the config, else the dataset's ClassLabel feature, else the string labels seen.
-
-    Integer labels with no names anywhere need `num_labels` (names become LABEL_0...): guessing the
-    label count from the data would silently drop a class that happens to be absent from a slice.
-    """
-    if config_names:
-        if len(set(config_names)) != len(config_names):
-            raise ConfigError(f"tasks.{task.name}.label_names has duplicates: {config_names}")
-        return [str(n) for n in config_names]
-    first = next(iter(splits.values()))
-    feature = first.features[label_column]
-    inner = getattr(feature, "feature", None) if multi_label else feature
-    if inner is not None and hasattr(inner, "names"):
-        return list(inner.names)
-    values: set = set()
-    for ds in splits.values():
-        for value in ds[label_column]:
-            values.update(value if multi_label else [value])
-    if values and all(isinstance(v, str) for v in values):
-        return sorted(values)
-    if num_labels:
-        return [f"LABEL_{i}" for i in range(num_labels)]
-    raise ConfigError(
-        f"tasks.{task.name}: column {label_column!r} holds integer labels without names; "
-        "set label_names: [...] (or num_labels)"
-    )
-
-
-def label_to_id(task: Task, value: Any, label2id: dict[str, int]) -> int:
-    """Map one label (a name or an integer id) to its id, with a clear error outside the label set."""
-    if isinstance(value, str):
-        if value not in label2id:
-            raise DataError(f"task {task.name!r}: label {value!r} is not in the label set {list(label2id)}")
-        return label2id[value]
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < len(label2id):
-        return int(value)
-    raise DataError(
-        f"task {task.name!r}: label {value!r} is outside the label set (ids 0..{len(label2id) - 1}: {list(label2id)})"
-    )
+        Raises:
+            Unsupported: with a reason that reads after the task's name ("is multiple choice (...)").
+        """
+        return None

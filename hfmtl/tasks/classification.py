@@ -1,6 +1,11 @@
 """Sequence-level tasks on a sentence or a sentence pair: classification (multi-class or multi-label)
 and regression (e.g. STS-B similarity scores).
 
+Predictions (`hfmtl.Predictor`): an input is a mapping with the task's ``text_column`` (and
+``text_pair_column``), a string, or a ``(text, text_pair)`` tuple. Results: ``{"label", "score"}``
+(softmax; ``scores`` too on request), ``{"labels": [{"label", "score"}, ...]}`` for multi-label (sigmoid
+per label, those above the threshold), ``{"value"}`` for regression.
+
 Example config::
 
     rte:
@@ -13,6 +18,7 @@ Example config::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import AutoModelForSequenceClassification
 
 from . import register_task
-from .base import PooledHead, Task, TaskConfig, label_to_id, resolve_label_names
+from .base import Task, TaskConfig
+from .capabilities import FeatureUnit, StandardHead, UsageSnippet
+from .heads import PooledHead
+from .labels import label_to_id, resolve_label_names
+from .prediction import InputError, PredictOptions, TaskPredictor, softmax
 
 
 @dataclass
@@ -56,6 +67,8 @@ class _SequenceTask(Task):
     """Shared text handling: one text or a pair, truncated to max_length, padded per batch."""
 
     config: SequenceTaskConfig
+    # regression is a text-classification head with one output, in transformers as on the Hub
+    pipeline_tag = "text-classification"
 
     def required_columns(self) -> list[str]:
         columns = [self.config.text_column, self.config.label_column]
@@ -73,6 +86,20 @@ class _SequenceTask(Task):
     @staticmethod
     def build_head(spec: dict[str, Any], hidden_size: int, dropout: float, pooling: str) -> nn.Module:
         return PooledHead(hidden_size, spec["num_labels"], dropout, pooling)
+
+    @classmethod
+    def feature_unit(cls) -> FeatureUnit:
+        return FeatureUnit("example")
+
+    @classmethod
+    def _snippet(cls, section: dict[str, Any], *lines: str) -> UsageSnippet:
+        """`lines` (with ``{inputs}``: the shared encoded input) after the input they need."""
+        if section.get("text_pair_column") is not None:
+            inputs, text = "pair", '"A man is playing a guitar.", "Someone is making music."'
+        else:
+            inputs, text = "sentence", '"A moving film."'
+        setup = f'{inputs} = tokenizer({text}, return_tensors="pt")'
+        return UsageSnippet(lines=tuple(line.replace("{inputs}", inputs) for line in lines), setup=(setup,))
 
 
 @register_task("classification")
@@ -118,6 +145,35 @@ class ClassificationTask(_SequenceTask):
             return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
         return F.cross_entropy(logits.float(), labels)
 
+    @classmethod
+    def predictor_class(cls) -> type[TaskPredictor]:
+        return ClassificationPredictor
+
+    @classmethod
+    def standard_head(cls, spec: dict[str, Any]) -> StandardHead:
+        return StandardHead(
+            AutoModelForSequenceClassification,
+            "sequence",
+            problem_type="single_label_classification",
+            pipeline="text-classification",
+        )
+
+    @classmethod
+    def usage_snippet(cls, task_name: str, spec: dict[str, Any], section: dict[str, Any]) -> UsageSnippet:
+        task = repr(task_name)
+        if spec.get("problem_type") == "multi_label_classification":
+            return cls._snippet(
+                section,
+                f"probabilities = model(task={task}, **{{inputs}}).logits.sigmoid()[0]",
+                f'print({task}, [label for i, label in model.config.tasks[{task}]["id2label"].items() '
+                "if probabilities[i] > 0.5])",
+            )
+        return cls._snippet(
+            section,
+            f"logits = model(task={task}, **{{inputs}}).logits",
+            f'print({task}, model.config.tasks[{task}]["id2label"][logits.argmax(-1).item()])',
+        )
+
     def eval_outputs(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.config.multi_label:
             return {"predictions": (logits > 0).long(), "labels": batch["labels"].long()}
@@ -157,7 +213,106 @@ class RegressionTask(_SequenceTask):
     def eval_outputs(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"predictions": logits.float().squeeze(-1), "labels": batch["labels"].float()}
 
+    @classmethod
+    def predictor_class(cls) -> type[TaskPredictor]:
+        return RegressionPredictor
+
+    @classmethod
+    def describe_predictions(cls, spec: dict[str, Any]) -> str:
+        return "a score"
+
+    @classmethod
+    def feature_unit(cls) -> FeatureUnit:
+        return FeatureUnit("example", regression=True)
+
+    @classmethod
+    def standard_head(cls, spec: dict[str, Any]) -> StandardHead:
+        return StandardHead(
+            AutoModelForSequenceClassification, "sequence", problem_type="regression", pipeline="text-classification"
+        )
+
+    @classmethod
+    def usage_snippet(cls, task_name: str, spec: dict[str, Any], section: dict[str, Any]) -> UsageSnippet:
+        return cls._snippet(section, f"print({task_name!r}, model(task={task_name!r}, **{{inputs}}).logits.item())")
+
     def compute_metrics(self, outputs, eval_features, eval_examples) -> dict[str, float]:
         predictions = np.concatenate([o["predictions"] for o in outputs])
         labels = np.concatenate([o["labels"] for o in outputs])
         return self._compute_named_metrics(predictions, labels)
+
+
+# --- predictions ------------------------------------------------------------------------------------
+
+
+class _SequencePredictor(TaskPredictor):
+    default_fields = {"text_column": "text", "text_pair_column": "text_pair"}
+
+    @property
+    def fields(self) -> list[str]:
+        pair = self.config.text_pair_column
+        return [self.config.text_column, pair] if pair else [self.config.text_column]
+
+    @property
+    def optional_fields(self) -> list[str]:
+        pair = self.config.text_pair_column
+        return [pair] if pair and not self.strict else []
+
+    def parse_mapping(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        text = self._get(item, self.config.text_column, "str")
+        pair = None
+        if self.config.text_pair_column:
+            pair = self._get(item, self.config.text_pair_column, "str", optional=not self.strict)
+        return {"text": text, "text_pair": pair}
+
+    def parse_shorthand(self, item: Any) -> dict[str, Any]:
+        if isinstance(item, str):
+            return self.parse_mapping({self.config.text_column: item})
+        if isinstance(item, tuple) and len(item) == 2:
+            if not self.config.text_pair_column:
+                raise InputError(f"task {self.name!r} reads one text, not a pair")
+            return self.parse_mapping({self.config.text_column: item[0], self.config.text_pair_column: item[1]})
+        return super().parse_shorthand(item)
+
+    def encode(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # as training encodes (`_SequenceTask._tokenize`): truncation=True, i.e. longest_first on pairs;
+        # single texts and pairs cannot share one tokenizer call
+        features: list[dict[str, Any]] = [{} for _ in items]
+        for with_pair in (False, True):
+            index = [i for i, it in enumerate(items) if (it["text_pair"] is not None) == with_pair]
+            if not index:
+                continue
+            texts = [items[i]["text"] for i in index]
+            pairs = [items[i]["text_pair"] for i in index] if with_pair else None
+            encoded = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+            for row, i in enumerate(index):
+                features[i] = {key: values[row] for key, values in encoded.items()}
+                features[i]["item"] = i
+        return features
+
+
+class ClassificationPredictor(_SequencePredictor):
+    """``{"label", "score"}``, or ``{"labels": [...]}`` for a multi-label head."""
+
+    def decode(self, items, features, logits, options: PredictOptions) -> list[dict[str, Any]]:
+        id2label = self.spec["id2label"]
+        multi_label = self.spec.get("problem_type") == "multi_label_classification"
+        results = []
+        for row in logits:
+            probs = 1 / (1 + np.exp(-row.astype(np.float64))) if multi_label else softmax(row)
+            ranked = [{"label": id2label[i], "score": float(probs[i])} for i in np.argsort(-probs, kind="stable")]
+            if multi_label:
+                # strictly above: at 0.5 this is logit > 0, the rule evaluation scores
+                result: dict[str, Any] = {"labels": [r for r in ranked if r["score"] > options.threshold]}
+            else:
+                result = dict(ranked[0])
+            if options.return_all_scores or options.top_k:
+                result["scores"] = ranked if options.return_all_scores else ranked[: options.top_k]
+            results.append(result)
+        return results
+
+
+class RegressionPredictor(_SequencePredictor):
+    """``{"value": float}``."""
+
+    def decode(self, items, features, logits, options: PredictOptions) -> list[dict[str, Any]]:
+        return [{"value": float(row[0])} for row in logits]

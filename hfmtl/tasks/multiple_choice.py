@@ -4,6 +4,11 @@ Each choice is encoded as the pair ``(context + question, choice)``; the head ma
 score. The number of choices may vary between examples (ARC has 3 to 5): a batch pads to its widest
 example and `choice_mask` hides the padded choices from the softmax.
 
+Predictions (`hfmtl.Predictor`): an input is a mapping with the task's ``question_column``,
+``choices_column`` (a list of strings, any number per input) and ``context_column`` if the task has
+one; encoding and padding are the task's own `preprocess` / `collate`, as in training. Result:
+``{"choice": index, "probabilities": [one per choice]}``.
+
 Example config::
 
     copa:
@@ -16,6 +21,7 @@ Example config::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +29,14 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import AutoModelForMultipleChoice
 
 from ..errors import DataError
 from . import register_task
-from .base import PooledHead, Task, TaskConfig
+from .base import Task, TaskConfig
+from .capabilities import FeatureUnit, StandardHead, Unsupported, UsageSnippet
+from .heads import PooledHead
+from .prediction import InputError, PredictOptions, TaskPredictor, softmax
 
 
 @dataclass
@@ -46,6 +56,7 @@ class MultipleChoiceTask(Task):
     config_class = MultipleChoiceConfig
     config: MultipleChoiceConfig
     default_metrics = ("accuracy",)
+    pipeline_tag = "multiple-choice"
 
     def required_columns(self) -> list[str]:
         c = self.config
@@ -112,3 +123,89 @@ class MultipleChoiceTask(Task):
         predictions = np.concatenate([o["predictions"] for o in outputs])
         labels = np.concatenate([o["labels"] for o in outputs])
         return self._compute_named_metrics(predictions, labels)
+
+    @classmethod
+    def predictor_class(cls) -> type[TaskPredictor]:
+        return MultipleChoicePredictor
+
+    @classmethod
+    def describe_predictions(cls, spec: dict[str, Any]) -> str:
+        return "one of the given choices"
+
+    @classmethod
+    def standard_head(cls, spec: dict[str, Any]) -> StandardHead:
+        return StandardHead(AutoModelForMultipleChoice, "choice")  # transformers has no multiple-choice pipeline
+
+    @classmethod
+    def feature_unit(cls) -> FeatureUnit:
+        return FeatureUnit("choice")
+
+    @classmethod
+    def check_mixed_batch(cls, spec: dict[str, Any]) -> None:
+        raise Unsupported("is multiple choice (its inputs have a choices dimension)")
+
+    @classmethod
+    def usage_snippet(cls, task_name: str, spec: dict[str, Any], section: dict[str, Any]) -> UsageSnippet:
+        task = repr(task_name)
+        return UsageSnippet(
+            (
+                'question = "The man broke his toe. What was the cause?"',
+                'choices = ["He dropped a hammer on his foot.", "He got a hole in his sock."]',
+                'pairs = tokenizer([question] * len(choices), choices, padding=True, return_tensors="pt")',
+                f"scores = model(task={task}, **{{k: v.unsqueeze(0) for k, v in pairs.items()}}).logits  # (1, choices)",
+                f"print({task}, choices[scores.argmax(-1).item()])",
+            )
+        )
+
+
+# --- predictions ------------------------------------------------------------------------------------
+
+
+class MultipleChoicePredictor(TaskPredictor):
+    """``{"choice": int, "probabilities": list[float]}`` (softmax over the input's choices)."""
+
+    default_fields = {"question_column": "question", "choices_column": "choices", "context_column": "context"}
+
+    @property
+    def fields(self) -> list[str]:
+        c = self.config
+        return [*([c.context_column] if c.context_column else []), c.question_column, c.choices_column]
+
+    @property
+    def optional_fields(self) -> list[str]:
+        return [self.config.context_column] if self.config.context_column and not self.strict else []
+
+    def parse_mapping(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        c = self.config
+        parsed = {
+            "question": self._get(item, c.question_column, "str"),
+            "choices": self._get(item, c.choices_column, "list"),
+            "context": self._get(item, c.context_column, "str", optional=not self.strict) if c.context_column else None,
+        }
+        if not parsed["choices"]:
+            raise InputError(f"field {c.choices_column!r} is an empty list; give at least one choice")
+        return parsed
+
+    def encode(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        c = self.config
+        examples: dict[str, list] = {
+            c.question_column: [it["question"] for it in items],
+            c.choices_column: [it["choices"] for it in items],
+            c.label_column: [0] * len(items),  # the task's preprocessing wants a label; never read here
+        }
+        if c.context_column:
+            examples[c.context_column] = [it["context"] or "" for it in items]
+        encoded = self.task.preprocess(examples, self.tokenizer, self.max_length)
+        return [{**{key: values[i] for key, values in encoded.items()}, "item": i} for i in range(len(items))]
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.task.collate(features, self.tokenizer)
+        del batch["labels"]
+        return batch
+
+    def decode(self, items, features, logits, options: PredictOptions) -> list[dict[str, Any]]:
+        results = []
+        for item, row in zip(items, logits):
+            probs = softmax(row[: len(item["choices"])])  # padded choices are -inf anyway: cut them off
+            results.append({"choice": int(probs.argmax()), "probabilities": [float(p) for p in probs]})
+        return results

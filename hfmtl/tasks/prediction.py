@@ -1,15 +1,17 @@
-"""The contract of a task type's predictor, and the registry that maps task types to predictors.
+"""The contract of a task type's predictor, and helpers any predictor may use (softmax, grouping a
+call's features by input, words of a raw text, the first sub-token of each word over windows).
 
 A `TaskPredictor` turns one task's raw inputs into model features and the model's logits back into
 results. It reuses its task type's own config (column names, `max_length`, QA's `doc_stride`...) and,
 where they fit, the task's own preprocessing and collation, so that prediction encodes text exactly as
-training and evaluation did. A new task type gets predictions by adding a subclass decorated with
-`@register_predictor("<type>")`.
+training and evaluation did. A task type gets predictions by defining a subclass in its own file and
+returning it from its `Task.predictor_class`; `hfmtl.Predictor` asks the task class for it.
 """
 
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -18,8 +20,6 @@ import numpy as np
 import torch
 
 from .base import Task
-
-PREDICTORS: dict[str, type[TaskPredictor]] = {}
 
 
 class InputError(ValueError):
@@ -39,16 +39,6 @@ class PredictOptions:
     return_all_scores: bool = False
     top_k: int | None = None
     threshold: float = 0.5
-
-
-def register_predictor(type_name: str):
-    """Class decorator: the predictor of task type `type_name`."""
-
-    def decorator(cls: type[TaskPredictor]) -> type[TaskPredictor]:
-        PREDICTORS[type_name] = cls
-        return cls
-
-    return decorator
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -177,3 +167,49 @@ def features_by_item(features: list[dict[str, Any]], logits: list[np.ndarray], n
     for feature, row in zip(features, logits):
         grouped[feature["item"]].append((feature, row))
     return grouped
+
+
+# A word is a run of letters/digits, joined across inner apostrophes, hyphens and dots (don't, e-mail,
+# 3.5); any other non-space character is a word of its own: CoNLL's tokenization, roughly.
+_WORD = re.compile(r"\w+(?:['’.\-]\w+)*|\S")
+
+
+def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """Words of `text` and their (start, end) character offsets.
+
+    Example:
+        >>> split_words("Mr.  Smith's e-mail!")
+        (['Mr', '.', "Smith's", 'e-mail', '!'], [(0, 2), (2, 3), (5, 12), (13, 19), (19, 20)])
+    """
+    matches = list(_WORD.finditer(text))
+    return [m.group() for m in matches], [m.span() for m in matches]
+
+
+def first_subtoken_logits(windows: list[tuple[dict[str, Any], np.ndarray]]) -> dict[int, np.ndarray]:
+    """word -> logits of its first sub-token, from the window where that token has most context.
+
+    For word-level tasks whose inputs were encoded with ``is_split_into_words`` and overflowing windows:
+    `windows` are one input's (feature, logits) pairs, each feature with ``word_ids`` and ``offsets``.
+    """
+    # With is_split_into_words, offsets count characters within each word: a word's first sub-token
+    # is the one that starts earliest. A window may open on a word's later sub-tokens.
+    first_char: dict[int, int] = {}
+    for feature, _ in windows:
+        for word, (start, _end) in zip(feature["word_ids"], feature["offsets"]):
+            if word is not None:
+                first_char[word] = min(start, first_char.get(word, start))
+    chosen: dict[int, tuple[int, np.ndarray]] = {}
+    for feature, row in windows:
+        positions = [p for p, w in enumerate(feature["word_ids"]) if w is not None]
+        if not positions:
+            continue
+        lo, hi, seen = positions[0], positions[-1], set()
+        for p in positions:
+            word = feature["word_ids"][p]
+            if word in seen or feature["offsets"][p][0] != first_char[word]:
+                continue
+            seen.add(word)
+            context = min(p - lo, hi - p)
+            if word not in chosen or context > chosen[word][0]:
+                chosen[word] = (context, row[p])
+    return {word: row for word, (_, row) in chosen.items()}

@@ -6,6 +6,14 @@ as "no answer here". In evaluation the best-scoring valid span over all windows 
 the `n_best_size` top starts and ends, at most `max_answer_length` tokens) is mapped back to context
 characters through the offset mapping, and scored with SQuAD exact match / F1.
 
+Predictions (`hfmtl.Predictor`): an input is a mapping with the task's ``question_column`` and
+``context_column``, or a ``(question, context)`` tuple. The windows and the choice of span are
+evaluation's own (`preprocess_eval`, `best_span`): the answer is the span with the highest start + end
+logit over all windows. Result: ``{"answer", "score", "start", "end"}``, where ``start``/``end`` are
+character offsets into the context (``context[start:end] == answer``) and ``score`` is the span's
+probability within its window (softmax of the start and of the end logits over the window's context
+tokens, multiplied). A context with no valid span gives ``{"answer": "", "score": 0.0, "start": 0, "end": 0}``.
+
 Example config::
 
     squad:
@@ -16,6 +24,7 @@ Example config::
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import AutoModelForQuestionAnswering
 
 from ..errors import DataError
 from . import register_task
-from .base import Task, TaskConfig, TokenHead
+from .base import Task, TaskConfig
+from .capabilities import FeatureUnit, StandardHead, Unsupported, UsageSnippet
+from .heads import TokenHead
+from .prediction import PredictOptions, TaskPredictor, features_by_item, softmax
 
 
 @dataclass
@@ -55,7 +68,7 @@ def best_span(
 
     Candidates are the `n_best_size` highest start and end logits; a span is valid when both ends are
     context tokens (their `offsets` are not None), it does not end before it starts, and it has at most
-    `max_answer_length` tokens. Shared by evaluation (`decode`) and `hfmtl.inference`.
+    `max_answer_length` tokens. Shared by evaluation (`decode`) and prediction (`QuestionAnsweringPredictor`).
     """
     best = None
     for s in np.argsort(start_logits)[::-1][:n_best_size]:
@@ -77,6 +90,7 @@ class QuestionAnsweringTask(Task):
     config_class = QuestionAnsweringConfig
     config: QuestionAnsweringConfig
     default_metrics = ("squad",)
+    pipeline_tag = "question-answering"
 
     def required_columns(self) -> list[str]:
         c = self.config
@@ -202,3 +216,104 @@ class QuestionAnsweringTask(Task):
         predictions = {qid: answer["text"] for qid, answer in decoded.items()}
         references = {ex[self.config.id_column]: list(ex[self.config.answers_column]["text"]) for ex in eval_examples}
         return self._compute_named_metrics(predictions, references)
+
+    @classmethod
+    def predictor_class(cls) -> type[TaskPredictor]:
+        return QuestionAnsweringPredictor
+
+    @classmethod
+    def describe_predictions(cls, spec: dict[str, Any]) -> str:
+        return "an answer span of the context"
+
+    @classmethod
+    def standard_head(cls, spec: dict[str, Any]) -> StandardHead:
+        return StandardHead(
+            AutoModelForQuestionAnswering, "token", token_module="qa_outputs", pipeline="question-answering"
+        )
+
+    @classmethod
+    def feature_unit(cls) -> FeatureUnit:
+        raise Unsupported("question answering's targets are answer spans, not a label per example, token or choice")
+
+    @classmethod
+    def usage_snippet(cls, task_name: str, spec: dict[str, Any], section: dict[str, Any]) -> UsageSnippet:
+        task = repr(task_name)
+        return UsageSnippet(
+            (
+                'inputs = tokenizer("Where does Anna live?", "Anna lives in Paris and works in Lyon.", return_tensors="pt")',
+                f"start_end = model(task={task}, **inputs).logits[0]  # (tokens, 2): start and end scores",
+                "start, end = start_end[:, 0].argmax().item(), start_end[:, 1].argmax().item()",
+                f'print({task}, tokenizer.decode(inputs["input_ids"][0][start : end + 1]))',
+            )
+        )
+
+
+# --- predictions ------------------------------------------------------------------------------------
+
+
+class QuestionAnsweringPredictor(TaskPredictor):
+    """The best answer span of each (question, context) input."""
+
+    default_fields = {"question_column": "question", "context_column": "context"}
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.tokenizer is not None and not getattr(self.tokenizer, "is_fast", False):
+            raise DataError(f"task {self.name!r}: question answering needs a fast tokenizer (for offsets)")
+
+    @property
+    def fields(self) -> list[str]:
+        return [self.config.question_column, self.config.context_column]
+
+    def parse_mapping(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "question": self._get(item, self.config.question_column, "str"),
+            "context": self._get(item, self.config.context_column, "str"),
+        }
+
+    def parse_shorthand(self, item: Any) -> dict[str, Any]:
+        if isinstance(item, tuple) and len(item) == 2:
+            return self.parse_mapping(dict(zip(self.fields, item)))
+        return super().parse_shorthand(item)
+
+    def encode(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        c = self.config
+        examples = {
+            c.id_column: [str(it["index"]) for it in items],  # names a too-long question in the task's error
+            c.question_column: [it["question"] for it in items],
+            c.context_column: [it["context"] for it in items],
+        }
+        encoded = self.task.preprocess_eval(examples, self.tokenizer, self.max_length)
+        position = {example_id: k for k, example_id in enumerate(examples[c.id_column])}
+        return [
+            {**{key: values[i] for key, values in encoded.items()}, "item": position[encoded["example_id"][i]]}
+            for i in range(len(encoded["input_ids"]))
+        ]
+
+    def decode(self, items, features, logits, options: PredictOptions) -> list[dict[str, Any]]:
+        c = self.config
+        results = []
+        for item, windows in zip(items, features_by_item(features, logits, len(items))):
+            best = None  # (score, window offsets, start token, end token, window logits)
+            for feature, row in windows:
+                offsets = feature["offset_mapping"]
+                span = best_span(row[:, 0], row[:, 1], offsets, c.n_best_size, c.max_answer_length)
+                if span is not None and (best is None or span[0] > best[0]):
+                    best = (span[0], offsets, span[1], span[2], row)
+            if best is None:
+                results.append({"answer": "", "score": 0.0, "start": 0, "end": 0})
+                continue
+            _, offsets, s, e, row = best
+            context_tokens = np.array([o is not None for o in offsets])
+            p_start = softmax(np.where(context_tokens, row[:, 0], -np.inf))
+            p_end = softmax(np.where(context_tokens, row[:, 1], -np.inf))
+            start, end = offsets[s][0], offsets[e][1]
+            results.append(
+                {
+                    "answer": item["context"][start:end],
+                    "score": float(p_start[s] * p_end[e]),
+                    "start": int(start),
+                    "end": int(end),
+                }
+            )
+        return results
