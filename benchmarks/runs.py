@@ -6,7 +6,6 @@ Each training is its own process so that its peak memory and wall time are its o
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import subprocess
@@ -17,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from hfmtl.run_record import RunRecord
+
 REPO = Path(__file__).resolve().parents[1]
 MINILM = REPO.parent / "shared" / "models" / "all-MiniLM-L6-v2"
 TRAIN = [sys.executable, str(REPO / "recipes" / "train.py")]
@@ -24,12 +25,12 @@ OFFLINE_ENV = {"TOKENIZERS_PARALLELISM": "false"}
 
 
 def train(config: str | Path, output_dir: Path, overrides: list[str] = ()) -> dict[str, Any]:
-    """Run the training recipe on `config`; returns its metrics.json plus the process's wall time."""
+    """Run the training recipe on `config`; returns its run record (metrics.json) plus the process's wall time."""
     command = [*TRAIN, "--config", str(config), f"train.output_dir={output_dir}", *overrides]
     print("$", " ".join(command), flush=True)
     started = time.time()
     subprocess.run(command, cwd=REPO, check=True, env={**os.environ, **OFFLINE_ENV})
-    metrics = json.loads((output_dir / "metrics.json").read_text())
+    metrics = RunRecord.read(output_dir).to_dict()
     metrics["wall_seconds"] = round(time.time() - started, 1)
     return metrics
 

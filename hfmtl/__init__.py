@@ -40,6 +40,8 @@ _EXPORTS = {
     "initialize_from": "hfmtl.model",
     "merged_encoder": "hfmtl.model",
     "MultiTaskTrainer": "hfmtl.training.trainer",
+    "TrainerCallback": "hfmtl.training.callbacks",
+    "RunRecord": "hfmtl.run_record",
     "export_task": "hfmtl.publish",
     "push_to_hub": "hfmtl.publish",
     "Predictor": "hfmtl.inference",

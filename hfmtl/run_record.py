@@ -120,11 +120,17 @@ class RunRecord:
             HfmtlError: the file is not valid JSON, or `directory` is the root of a staged run (whose
                 record is a summary of its stages: the message names the stage that holds the model).
         """
-        data = read_json(Path(directory) / FILE_NAME)
+        return cls.read_file(Path(directory) / FILE_NAME)
+
+    @classmethod
+    def read_file(cls, path: str | os.PathLike | None) -> RunRecord | None:
+        """The record in the file `path` (e.g. one fetched from the Hub); None for no path or no file."""
+        data = None if path is None else read_json(path)
         if data is None:
             return None
         if "stages" in data:
-            raise HfmtlError(f"{directory} is the root of a staged run; its final model is in {data.get('final_model')}")
+            root = Path(path).parent
+            raise HfmtlError(f"{root} is the root of a staged run; use its final model: {data.get('final_model')}")
         return cls.from_dict(data)
 
 

@@ -37,6 +37,7 @@ from hfmtl.analysis import (
     rank_source_encoders,
 )
 from hfmtl.errors import ConfigError, exit_status_of
+from hfmtl.tasks import Unsupported
 from hfmtl.training.data import build_train_loader, load_tokenizer, prepare_task_data
 
 
@@ -98,10 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
 
     # 3. Transferability of the frozen features to each task (no training): LogME, and H-score for
-    #    classification. QA has no per-example label to score and is skipped.
+    #    classification. A task type without a label per example, token or choice (QA) is skipped.
     transferability = {}
     for name, task in tasks.items():
-        if task.type_name == "question_answering":
+        try:
+            type(task).feature_unit()
+        except Unsupported as why:
+            print(f"{name:<12} skipped: {why}")
             continue
         feats = extract_features(model, task, data[name].eval_features, tokenizer, max_examples=args.max_examples)
         scores = {"logme": logme(feats.features, feats.labels, regression=feats.regression), "unit": feats.unit}

@@ -30,7 +30,7 @@ from accelerate import PartialState
 from hfmtl import load_config
 from hfmtl.config.stages import stage_is_complete
 from hfmtl.errors import ConfigError, exit_status_of
-from hfmtl.training.checkpointing import write_json_atomic
+from hfmtl.files import write_json_atomic
 from hfmtl.training.cross_validation import (
     assign_folds,
     check_num_folds,

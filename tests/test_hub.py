@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -31,6 +32,7 @@ from hfmtl import HfmtlError, MultiTaskModel, cli
 from hfmtl.config import config_from_dict, save_config
 from hfmtl.model.adapters import add_adapters
 from hfmtl.publish import hub
+from hfmtl.publish.callbacks import HubPushCallback, snapshot_best
 from hfmtl.publish.model_card import GENERATED_MARKER, build_model_card, write_model_card
 
 TOKEN = "hf_hfmtlTestToken0123456789abcdefXYZ"  # recognisable, and fake
@@ -519,17 +521,19 @@ def test_push_in_a_subprocess_configured_by_environment_variables(saved, tmp_pat
         assert TOKEN not in result.stdout + result.stderr
 
 
-def test_push_model_from_training_best_snapshot_and_end(saved, tmp_path, fake_hub, tiny_encoder_dir):
+def test_a_best_model_snapshot_pushes_as_training_in_progress(saved, tmp_path, fake_hub, tiny_encoder_dir):
+    """What the Hub callback does at each new best (hub_strategy: best): snapshot best/, push it."""
     output_dir = tmp_path / "run"
     (output_dir / "best").mkdir(parents=True)
     for name in ("config.json", "model.safetensors"):  # what the trainer writes into best/
         shutil.copy2(saved["plain"] / name, output_dir / "best" / name)
     shutil.copy2(saved["plain"] / "config.yaml", output_dir / "config.yaml")
-    in_progress = {"history": HISTORY[:1], "best": {"step": 5, "eval/mean": 0.4}, "main_metrics": {}}
+    in_progress = {"history": HISTORY[:1], "best": {"step": 5, "metric": "eval/mean", "value": 0.4}}
     (output_dir / "metrics.json").write_text(json.dumps(in_progress))
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_encoder_dir)
-    future = hub.push_model_from_training(output_dir, REPO, strategy="best", tokenizer=tokenizer, run_as_future=True)
-    assert future.result(timeout=60).startswith(f"{fake_hub.url}/{REPO}/commit/")
+    callback = HubPushCallback(SimpleNamespace(hub_model_id=REPO, hub_private_repo=False, hub_strategy="best"))
+    url = callback._push_snapshot(snapshot_best(output_dir, tokenizer), step=5)
+    assert url.startswith(f"{fake_hub.url}/{REPO}/commit/")
     files = fake_hub.files(REPO)
     assert files["model.safetensors"] == (saved["plain"] / "model.safetensors").read_bytes()
     assert {"tokenizer.json", "config.yaml", "metrics.json", "README.md"} <= set(files)
@@ -537,15 +541,14 @@ def test_push_model_from_training_best_snapshot_and_end(saved, tmp_path, fake_hu
     assert fake_hub.commits[-1].summary == "Training in progress: best model at step 5"
     assert sorted(p.name for p in output_dir.iterdir()) == ["best", "config.yaml", "metrics.json"]  # no snapshot left
     with pytest.raises(HfmtlError, match="holds no model"):
-        hub.push_model_from_training(tmp_path, REPO, strategy="best")
-    assert hub.push_model_from_training(saved["plain"], REPO, strategy="end").startswith(fake_hub.url)
+        snapshot_best(tmp_path, tokenizer)
 
 
 def test_push_model_from_memory(tiny_encoder_dir, fake_hub):
     model = MultiTaskModel.from_encoder(tiny_encoder_dir, {"ner": copy.deepcopy(HEADS["ner"])})
     add_adapters(model, LORA, "shared", base_model=tiny_encoder_dir)
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_encoder_dir)
-    hub.push_model(model, REPO, tokenizer=tokenizer)
+    hub.push_to_hub(model, REPO, tokenizer=tokenizer)
     files = fake_hub.files(REPO)
     assert {"config.json", "heads.safetensors", "adapters/adapter_model.safetensors", "tokenizer.json"} <= set(files)
     card = ModelCard(files["README.md"].decode())

@@ -17,7 +17,7 @@ from conftest import REPO_ROOT
 PACKAGE = REPO_ROOT / "hfmtl"
 # The data flow, bottom first: a module may import from its own layer and the layers before it.
 LAYERS = [
-    ("hfmtl.errors", "hfmtl.typed", "hfmtl.files"),
+    ("hfmtl.errors", "hfmtl.typed", "hfmtl.files", "hfmtl.run_record"),
     ("hfmtl.tasks",),
     ("hfmtl.balancing",),
     ("hfmtl.config",),

@@ -52,7 +52,7 @@ def test_run_writes_a_reloadable_model_and_its_records(tiny_encoder_dir, tmp_pat
         assert {"eval/rte/accuracy", "eval/ner/f1", "eval/mean"} <= set(entry)
         assert entry["eval/mean"] == pytest.approx((entry["eval/rte/accuracy"] + entry["eval/ner/f1"]) / 2)
     best = max(metrics["history"], key=lambda e: e["eval/mean"])
-    assert metrics["best"] == {"step": best["step"], "eval/mean": best["eval/mean"]}
+    assert metrics["best"] == {"step": best["step"], "metric": "eval/mean", "value": best["eval/mean"]}
 
     # the resolved config round-trips, and the saved model is the in-memory one
     assert hfmtl.load_config(out / "config.yaml").to_dict() == hfmtl.load_config(cfg).to_dict()
@@ -143,6 +143,23 @@ def test_callbacks_see_every_hook_in_order_with_its_outputs_written(tiny_encoder
     ]
     # the task names a step announced are the ones it trained: one batch each
     assert trained == {name: p["batches"] for name, p in trainer.state.positions.items()}
+
+
+def test_a_task_metric_can_choose_the_best_checkpoint(tiny_encoder_dir, tmp_path):
+    """train.metric_for_best_model: the lowest STS-B mse wins, whatever the other task does."""
+    tasks = {"rte": TASK_CONFIGS["rte"], "stsb": {**TASK_CONFIGS["stsb"], "metrics": ["mse", "pearson"]}}
+    out = tmp_path / "out"
+    cfg = make_config(tiny_encoder_dir, out, tasks, max_steps=12, eval_steps=2, metric_for_best_model="stsb/mse")
+    trainer = run_recipe(write_config(tmp_path / "run.yaml", cfg))
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = metrics["history"]
+    lowest = min(history, key=lambda e: e["eval/stsb/mse"])
+    assert len({e["eval/stsb/mse"] for e in history}) > 1
+    assert metrics["best"] == {"step": lowest["step"], "metric": "eval/stsb/mse", "value": lowest["eval/stsb/mse"]}
+    assert metrics["greater_is_better"]["eval/stsb/mse"] is False
+    assert trainer.evaluate()["eval/stsb/mse"] == pytest.approx(lowest["eval/stsb/mse"], rel=1e-5)
+    assert f"Loaded the best model (step {lowest['step']}, eval/stsb/mse " in (out / "train.log").read_text()
 
 
 def test_resume_continues_exactly(tiny_encoder_dir, tmp_path):

@@ -13,10 +13,11 @@ Example:
 """
 
 from .affinity import TaskMatrix, lookahead_affinity, transfer_matrix
-from .features import TaskFeatures, extract_features, rank_source_encoders
+from .features import TaskFeatures, extract_features
 from .gradients import GradientSimilarityTracker, gradient_cosine_matrix, shared_parameters, task_gradients
 from .plots import heatmap
-from .transferability import LogMEResult, fit_logme, h_score, logme, rank_sources
+from .ranking import rank_source_encoders, rank_sources
+from .transferability import LogMEResult, fit_logme, h_score, logme
 
 __all__ = [
     "GradientSimilarityTracker",

@@ -1,9 +1,8 @@
 """Frozen features of a task's examples from an encoder, for the transferability estimates.
 
 `extract_features` pools the encoder's last hidden state as hfmtl's heads do (one row per example, per
-labelled token, or per (example, choice) pair) and returns the labels aligned with the rows;
-`rank_source_encoders` extracts a target's features with each candidate source encoder and ranks them
-with `hfmtl.analysis.transferability.rank_sources`.
+labelled token, or per (example, choice) pair) and returns the labels aligned with the rows
+(hfmtl/analysis/ranking.py ranks candidate source encoders on them).
 
 Example:
     >>> data = prepare_task_data(task, tokenizer, 128, contextlib.nullcontext, train=False)  # doctest: +SKIP
@@ -14,9 +13,7 @@ Example:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,9 +26,8 @@ from ..tasks import FeatureUnit, Task, Unsupported
 from ..tasks.heads import pool
 from ..tasks.labels import IGNORE_INDEX
 from ..training.data import build_eval_loader
-from .transferability import rank_sources
 
-__all__ = ["TaskFeatures", "extract_features", "rank_source_encoders"]
+__all__ = ["TaskFeatures", "extract_features"]
 
 
 @dataclass
@@ -170,49 +166,3 @@ def extract_features(
         regression=feature_unit.regression,
         unit=feature_unit.unit,
     )
-
-
-def rank_source_encoders(
-    encoders: Mapping[str, nn.Module | str | Path],
-    target_task: Task,
-    target_dataset: Any,
-    tokenizer: Any,
-    *,
-    metric: str = "logme",
-    **extract_kwargs: Any,
-) -> list[tuple[str, float]]:
-    """`rank_sources` on encoders: extract the target's features with each, then score and rank.
-
-    Args:
-        encoders: source name -> a model (a `MultiTaskModel` or a bare encoder) or the path / Hub id of a
-            saved one (an hfmtl model directory, e.g. a source stage's output, or any HF encoder; loaded
-            one at a time with `hfmtl.model.transfer.load_source` and released, so only one is in memory). A
-            path gives a bare encoder, pooled with 'cls' unless ``pooling`` says otherwise: pass the
-            pooling the models were trained with.
-        target_task: the target task, set up.
-        target_dataset: the target's tokenized features with labels (e.g. its eval features).
-        tokenizer: their tokenizer.
-        metric: 'logme' or 'h_score'.
-        **extract_kwargs: passed to `extract_features` (pooling, batch_size, max_examples, device).
-
-    Returns:
-        (source, score) pairs, best first.
-
-    Example:
-        >>> ranking = rank_source_encoders(                                              # doctest: +SKIP
-        ...     {"pretrained": "../shared/models/all-MiniLM-L6-v2", "mnli": "outputs/mnli", "sst2": "outputs/sst2"},
-        ...     rte_task, rte_data.eval_features, tokenizer)
-        >>> [source for source, _ in ranking]  # best first; below "pretrained": predicted not to help  # doctest: +SKIP
-    """
-    from ..model.transfer import load_source
-
-    features, labels, regression = {}, None, None
-    for name, encoder in encoders.items():
-        if isinstance(encoder, (str, Path)):
-            encoder = load_source(str(encoder), key=f"sources.{name}").encoder
-        extracted = extract_features(encoder, target_task, target_dataset, tokenizer, **extract_kwargs)
-        features[name], labels, regression = extracted.features, extracted.labels, extracted.regression
-        del encoder
-    if labels is None:
-        raise ConfigError("no candidate encoders to rank")
-    return rank_sources(labels, features, metric=metric, regression=regression)

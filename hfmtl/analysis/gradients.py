@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from ..files import write_json_atomic
 
 __all__ = [
     "GradientSimilarityTracker",
@@ -188,30 +189,9 @@ def gradient_cosine_matrix(grads: Mapping[str, torch.Tensor], eps: float = 1e-12
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    """Write `data` as JSON atomically (a temporary file renamed): a reader never sees half a file.
-
-    Non-finite floats become null (strict JSON has no NaN).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_finite(data), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+    """Write `data` as JSON atomically, non-finite floats as null (see `hfmtl.files`); returns the path."""
+    write_json_atomic(path, data)
+    return Path(path)
 
 
 class GradientSimilarityTracker:

@@ -14,8 +14,8 @@ Two estimates, both pure functions of a feature matrix ``(N, D)`` and its labels
   transferability metrics, their peculiarities, stability and performance") found more stable.
 
 Higher is better for both; their values compare feature extractors on the same target labels, not
-targets. `rank_sources` ranks candidate source tasks for a target by them; `hfmtl.analysis.features`
-extracts the features of a task's examples from an encoder.
+targets. hfmtl/analysis/ranking.py ranks candidate source tasks for a target by them;
+hfmtl/analysis/features.py extracts the features of a task's examples from an encoder.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -30,17 +30,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-
 ArrayLike = np.ndarray | torch.Tensor
 
-__all__ = ["LogMEResult", "fit_logme", "h_score", "logme", "rank_sources"]
+__all__ = ["LogMEResult", "fit_logme", "h_score", "logme"]
 
 
 # --- LogME --------------------------------------------------------------------------------------------
@@ -68,7 +65,7 @@ class LogMEResult:
 
 
 def _as_float_matrix(features: ArrayLike) -> np.ndarray:
-    f = _to_numpy(features).astype(np.float64, copy=False)
+    f = to_numpy(features).astype(np.float64, copy=False)
     if f.ndim != 2:
         raise ValueError(f"features must be a (N, D) matrix, got shape {f.shape}")
     if not np.isfinite(f).all():
@@ -76,7 +73,7 @@ def _as_float_matrix(features: ArrayLike) -> np.ndarray:
     return f
 
 
-def _to_numpy(x: ArrayLike) -> np.ndarray:
+def to_numpy(x: ArrayLike) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
@@ -84,7 +81,7 @@ def _to_numpy(x: ArrayLike) -> np.ndarray:
 
 def _targets(labels: ArrayLike, n: int, regression: bool | None) -> np.ndarray:
     """(N, K) float targets: one-hot columns of the classes present, the value, or a 2-D array as given."""
-    y = _to_numpy(labels)
+    y = to_numpy(labels)
     if y.shape[0] != n:
         raise ValueError(f"{y.shape[0]} labels for {n} feature rows")
     if y.ndim == 2:  # multi-label (multi-hot) or multi-output regression: one target per column
@@ -275,7 +272,7 @@ def h_score(
         0.8
     """
     f = _as_float_matrix(features)
-    y = _to_numpy(labels)
+    y = to_numpy(labels)
     if y.ndim != 1 or y.shape[0] != f.shape[0]:
         raise ValueError(f"h_score needs (N,) class labels for {f.shape[0]} rows, got shape {y.shape}")
     if np.issubdtype(y.dtype, np.floating):
@@ -302,54 +299,3 @@ def h_score(
         cov = (1.0 - s) * cov + s * (np.trace(cov) / d) * np.eye(d)
     inverse = np.linalg.pinv(cov, rcond=rcond, hermitian=True)
     return float(np.trace(inverse @ between))
-
-
-# --- ranking candidate source tasks -------------------------------------------------------------
-
-
-def _score(features: np.ndarray, labels: np.ndarray, metric: str, regression: bool | None) -> float:
-    if metric == "logme":
-        return logme(features, labels, regression=regression)
-    if metric == "h_score":
-        if regression:
-            raise ConfigError("metric='h_score' is for classification targets; use metric='logme' for regression")
-        return h_score(features, labels)
-    raise ConfigError(f"metric={metric!r} is not one of 'logme', 'h_score'")
-
-
-def rank_sources(
-    target_labels: ArrayLike,
-    source_features: Mapping[str, ArrayLike],
-    *,
-    metric: str = "logme",
-    regression: bool | None = None,
-) -> list[tuple[str, float]]:
-    """Rank candidate sources for a target by the transferability of their features to the target.
-
-    The protocol: for each candidate source task, ``source_features[source]`` holds the features of the
-    TARGET's examples (same rows, same order as `target_labels`) computed by the encoder after training
-    on that source (e.g. the checkpoint of a source stage), frozen; the score is LogME (or H-score) of the
-    target's labels on them. It estimates, without training on the target, how well a linear read-out of
-    that encoder fits the target, which LogME's paper shows correlates with the score after fine-tuning.
-    Include the untrained (pretrained) encoder as a candidate: a source that scores below it is predicted
-    not to help the target. Scores compare candidates for one target only.
-
-    Args:
-        target_labels: the target's labels, aligned with every feature matrix.
-        source_features: source name -> (N, D) features of the target's examples under that source.
-        metric: 'logme' or 'h_score' (classification only).
-        regression: as in `logme`.
-
-    Returns:
-        (source, score) pairs, best first.
-
-    Example:
-        >>> rng = np.random.default_rng(0)
-        >>> y = rng.integers(0, 2, size=100)
-        >>> useful = np.c_[y + 0.1 * rng.normal(size=100), rng.normal(size=100)]
-        >>> [name for name, _ in rank_sources(y, {"noise": rng.normal(size=(100, 2)), "useful": useful})]
-        ['useful', 'noise']
-    """
-    labels = _to_numpy(target_labels)
-    scores = [(name, _score(_to_numpy(f), labels, metric, regression)) for name, f in source_features.items()]
-    return sorted(scores, key=lambda item: -item[1])

@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,13 +37,14 @@ from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
 from ..errors import HfmtlError
+from ..files import write_text_atomic
 from ..inference.predictor import Predictor
 from ..inference.saved_tasks import optional_file, read_run_config, task_for
 from ..model.configuration import MultiTaskConfig
+from ..run_record import FILE_NAME as RUN_RECORD_FILE
+from ..run_record import RunRecord
 from ..tasks import Unsupported, get_task_class
 from ..tasks.prediction import InputError
-
-METRICS_FILE = "metrics.json"
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -115,7 +114,7 @@ def _predict(args: argparse.Namespace) -> int:
         sys.stdout.writelines(lines)
         sys.stdout.flush()
     else:
-        _write_atomic(Path(args.output), lines)
+        write_text_atomic(args.output, "".join(lines))
         print(f"wrote {len(lines)} predictions to {args.output}", file=sys.stderr)
     return 0
 
@@ -152,18 +151,6 @@ def _read_jsonl(path: str, source: str) -> list[tuple[int, dict[str, Any]]]:
             raise HfmtlError(f"{source} line {number}: expected a JSON object, got {type(record).__name__}")
         records.append((number, record))
     return records
-
-
-def _write_atomic(path: Path, lines: list[str]) -> None:
-    # a temporary file beside the target, renamed when complete: a reader never sees half the output
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- info ----------------------------------------------------------------------------------------
@@ -237,13 +224,11 @@ def _peft_info(path: str, peft: dict[str, Any], hub_kwargs: dict[str, Any]) -> d
 
 
 def _metrics(path: str, hub_kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    """The evaluation of the saved weights: the best entry of metrics.json (else the last)."""
-    data = _read_json(path, METRICS_FILE, hub_kwargs)
-    history = (data or {}).get("history")
-    if not history:
+    """The evaluation of the saved weights: the best entry of the run record (else the last)."""
+    record = RunRecord.read_file(optional_file(path, RUN_RECORD_FILE, **hub_kwargs))
+    entry = record.saved_evaluation(load_best_model_at_end=True) if record is not None else None
+    if entry is None:
         return None
-    best_step = (data.get("best") or {}).get("step")
-    entry = next((e for e in history if e.get("step") == best_step), history[-1])
     per_task: dict[str, dict[str, float]] = {}
     for key, value in entry.items():
         parts = key.split("/")

@@ -20,13 +20,14 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import run_record
 from ..errors import ConfigError
-from . import RunConfig, config_from_dict
+from ..run_record import RunRecord
+from .run import RunConfig, config_from_dict
 
 
 @dataclass
@@ -91,14 +92,9 @@ def plan_stages(config: RunConfig) -> list[Stage]:
 
 
 def stage_is_complete(output_dir: str | Path) -> bool:
-    """True when a training finished in `output_dir`: its final model is saved.
-
-    The trainer writes ``metrics.json`` with a ``train`` entry only after the final model is saved.
-    """
-    path = Path(output_dir) / "metrics.json"
-    if not path.is_file():
-        return False
-    return "train" in json.loads(path.read_text())
+    """True when a training finished in `output_dir`: its run record says the final model is saved."""
+    record = RunRecord.read(output_dir)
+    return record is not None and record.finished
 
 
 def _plan_resume(stages: list[Stage], resume: str | None) -> None:
@@ -133,15 +129,5 @@ def _plan_resume(stages: list[Stage], resume: str | None) -> None:
 
 
 def write_stages_summary(config: RunConfig, stages: list[Stage]) -> dict[str, Any]:
-    """``<output_dir>/metrics.json`` of a staged run: every finished stage's metrics, by stage name."""
-    summary: dict[str, Any] = {"stages": {}}
-    for stage in stages:
-        path = stage.output_dir / "metrics.json"
-        if path.is_file():
-            summary["stages"][stage.name] = json.loads(path.read_text())
-    summary["final_model"] = str(stages[-1].output_dir)
-    out = Path(config.train.output_dir) / "metrics.json"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out)
-    return summary
+    """``<output_dir>/metrics.json`` of a staged run: every finished stage's record, by stage name."""
+    return run_record.write_stages_summary(config.train.output_dir, {s.name: s.output_dir for s in stages})

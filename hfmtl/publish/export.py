@@ -31,6 +31,7 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
 from ..errors import HfmtlError
+from ..files import replace_directory
 from ..model import MultiTaskConfig, MultiTaskModel
 from ..model.adapters import is_peft_model, merged_encoder
 from ..tasks import StandardHead, Unsupported, get_task_class
@@ -122,7 +123,7 @@ def export_task(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         _verify(model, task_name, tmp, target)  # against the model as given, adapters and all
-        _publish(tmp, out)
+        replace_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -293,14 +294,3 @@ def _check_target(out: Path, overwrite: bool) -> Path:
         raise HfmtlError(f"cannot export to {out}: it exists and is not empty (pass overwrite=True / --overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished export into place; an old `out` is set aside first and removed last."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, old)  # a directory may replace an empty directory
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)

@@ -30,12 +30,10 @@ Example:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import logging
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,8 +73,6 @@ _TOKEN_SCAN_MAX_BYTES = 50 * 2**20
 # The HTTP client's own error class (httpx in huggingface_hub 1.x, httpx2 in 2.x): refused connections,
 # DNS failures and timeouts derive from it, as HfHubHTTPError does.
 _HTTP_CLIENT_ERROR: type[Exception] = HfHubHTTPError.__mro__[1]
-# Pushes started with run_as_future=True run one after the other, in the order they were started.
-_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfmtl-push")
 
 
 def files_to_upload(model_dir: str | os.PathLike) -> list[str]:
@@ -97,9 +93,10 @@ def files_to_upload(model_dir: str | os.PathLike) -> list[str]:
 
 
 def push_to_hub(
-    model_dir: str | os.PathLike,
+    source: str | os.PathLike | Any,
     repo_id: str,
     *,
+    tokenizer: Any = None,
     private: bool = False,
     revision: str | None = None,
     commit_message: str | None = None,
@@ -107,14 +104,20 @@ def push_to_hub(
     create_pr: bool = False,
     card_data: dict[str, Any] | None = None,
 ) -> str:
-    """Upload the hfmtl model saved in `model_dir` to the Hub repo `repo_id`, writing its model card first.
+    """Upload an hfmtl model to the Hub repo `repo_id`, with its model card: the one way hfmtl pushes
+    (``hfmtl push``, ``train.push_to_hub`` and Python all come here).
 
     The card (README.md) is generated anew from the directory's files, unless README.md is one you
     wrote (no hfmtl marker in it): then it is uploaded as it is.
 
     Args:
-        model_dir: a saved model directory (a training's output_dir, or a stage directory of a staged run).
+        source: a saved model directory (a training's output_dir, or a stage directory of a staged run),
+            or an in-memory `MultiTaskModel`: saved into a temporary directory first (a PEFT model as
+            adapters + heads); without a run's config and metrics its card has the tasks, the encoder
+            and the usage snippet.
         repo_id: ``namespace/name`` (or ``name``: your own namespace). Created if it does not exist.
+        tokenizer: with an in-memory model, saved beside it (the card's snippet and ``hfmtl export``
+            need it).
         private: create the repo private. False leaves a new repo's visibility to the Hub's default for
             the namespace (public, unless an organization defaults to private); an existing repo's
             visibility is never changed.
@@ -136,7 +139,36 @@ def push_to_hub(
     Example:
         >>> push_to_hub("outputs/rte_transfer/target", "me/minilm-rte", card_data={"license": "apache-2.0"})  # doctest: +SKIP
         'https://huggingface.co/me/minilm-rte/commit/9c1e...'
+        >>> push_to_hub(model, "me/my-mtl-model", tokenizer=tokenizer)  # doctest: +SKIP
     """
+    options = {
+        "private": private,
+        "revision": revision,
+        "commit_message": commit_message,
+        "token": token,
+        "create_pr": create_pr,
+        "card_data": card_data,
+    }
+    if hasattr(source, "save_pretrained"):
+        with tempfile.TemporaryDirectory(prefix="hfmtl-push-") as tmp:
+            source.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            return _push_directory(tmp, repo_id, **options)
+    return _push_directory(source, repo_id, **options)
+
+
+def _push_directory(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool,
+    revision: str | None,
+    commit_message: str | None,
+    token: str | None,
+    create_pr: bool,
+    card_data: dict[str, Any] | None,
+) -> str:
     saved = read_model_dir(model_dir)  # one-line errors for a missing or foreign directory, first
     _check_weights(saved.path, peft=bool(saved.peft))
     repo_id = check_repo_id(repo_id)
@@ -170,161 +202,6 @@ def push_to_hub(
         )
     logger.info("pushed %d files of %s to %s", len(files), saved.path, info.commit_url)
     return info.pr_url or info.commit_url
-
-
-def push_model_from_training(
-    output_dir: str | os.PathLike,
-    repo_id: str,
-    *,
-    strategy: str = "end",
-    tokenizer: Any = None,
-    private: bool = False,
-    revision: str | None = None,
-    token: str | None = None,
-    card_data: dict[str, Any] | None = None,
-    run_as_future: bool = False,
-) -> str | concurrent.futures.Future[str]:
-    """Push a training's model from its output directory; for the trainer, on the main process only.
-
-    Args:
-        output_dir: the training's (or the stage's) output directory.
-        repo_id: the Hub repo (``train.hub_model_id``).
-        strategy: ``"end"``: the saved model, once training has written it (after the final save and
-            ``metrics.json``). ``"best"``: the best weights so far, from ``output_dir/best`` (written
-            when `load_best_model_at_end` is on), with the run's config and metrics; call it right
-            after a new best was saved and ``metrics.json`` written. The card says the training is in
-            progress.
-        tokenizer: saved beside the best weights (``output_dir`` has the tokenizer only at the end).
-        private, revision, token, card_data: as in `push_to_hub`.
-        run_as_future: return at once with a `concurrent.futures.Future`, so that training goes on
-            during the upload; pushes run one at a time, in order. Wait for the last one before exiting.
-
-    Returns:
-        The commit URL, or a Future of it.
-
-    Example:
-        >>> future = push_model_from_training(args.output_dir, args.hub_model_id, strategy="best",  # doctest: +SKIP
-        ...                                   tokenizer=tokenizer, run_as_future=True)
-    """
-    output_dir = Path(output_dir)
-    if strategy not in ("end", "best"):
-        raise HfmtlError(f"hub strategy {strategy!r} is not one of 'end', 'best'")
-    if strategy == "end":
-        kwargs = {"private": private, "revision": revision, "token": token, "card_data": card_data}
-        if run_as_future:
-            return _EXECUTOR.submit(push_to_hub, output_dir, repo_id, **kwargs)
-        return push_to_hub(output_dir, repo_id, **kwargs)
-    best = output_dir / "best"
-    if not (best / "config.json").is_file():
-        raise HfmtlError(
-            f"{best} holds no model: the 'best' hub strategy needs train.load_best_model_at_end=true "
-            "and a push after an evaluation"
-        )
-    # A snapshot of best/ taken now: the next best replaces best/ while this upload may still run. It
-    # lives inside output_dir (hard links, no copy; a hidden .tmp name, so never uploaded itself).
-    staging = Path(tempfile.mkdtemp(prefix=".hub-push-", suffix=".tmp", dir=output_dir))
-    try:
-        _link_tree(best, staging)
-        for name in ("config.yaml", "metrics.json"):
-            if (output_dir / name).is_file():
-                shutil.copy2(output_dir / name, staging / name)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        step = ((read_model_dir(staging).metrics or {}).get("best") or {}).get("step")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-    def job() -> str:
-        try:
-            return push_to_hub(
-                staging,
-                repo_id,
-                private=private,
-                revision=revision,
-                token=token,
-                commit_message=f"Training in progress: best model at step {step}",
-                card_data=card_data,
-            )
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    return _EXECUTOR.submit(job) if run_as_future else job()
-
-
-class TrainingPusher:
-    """Pushes of one training (`train.push_to_hub`), made by the trainer on the main process.
-
-    With ``hub_strategy: best`` each new best model is uploaded in the background while training goes
-    on (one upload at a time, in order); the final model is always pushed at the end, after waiting for
-    those, so the repo ends with the saved model and a card without the "in progress" note.
-    """
-
-    def __init__(self, args: Any):
-        self.repo_id, self.private, self.strategy = args.hub_model_id, args.hub_private_repo, args.hub_strategy
-        self._pending: list[concurrent.futures.Future[str]] = []
-
-    def push_best(self, output_dir: str | os.PathLike, tokenizer: Any) -> None:
-        if self.strategy != "best":
-            return
-        future = push_model_from_training(
-            output_dir, self.repo_id, strategy="best", tokenizer=tokenizer, private=self.private, run_as_future=True
-        )
-        self._pending.append(future)
-
-    def push_final(self, output_dir: str | os.PathLike) -> str:
-        for future in self._pending:  # in order; a failed upload surfaces here
-            future.result()
-        url = push_model_from_training(output_dir, self.repo_id, strategy="end", private=self.private)
-        logger.info("Pushed %s to %s", output_dir, url)
-        return url
-
-
-def push_model(
-    model: Any,
-    repo_id: str,
-    *,
-    tokenizer: Any = None,
-    commit_message: str | None = None,
-    private: bool = False,
-    token: str | None = None,
-    revision: str | None = None,
-    create_pr: bool = False,
-    max_shard_size: int | str | None = None,
-    tags: list[str] | None = None,
-    card_data: dict[str, Any] | None = None,
-) -> str:
-    """Push an in-memory `MultiTaskModel` (``save_pretrained`` into a temporary directory, then
-    `push_to_hub`); what ``MultiTaskModel.push_to_hub`` does, with transformers' keyword arguments.
-    Without a run's config and metrics, the card has the tasks, the encoder and the usage snippet.
-
-    Args:
-        model: the model (a PEFT one is saved as adapters + heads).
-        repo_id, commit_message, private, token, revision, create_pr, card_data: as in `push_to_hub`.
-        tokenizer: saved beside the model, so that the card's snippet and ``hfmtl export`` find it.
-        max_shard_size: passed to ``save_pretrained`` (ignored for PEFT models, which save no encoder).
-        tags: extra tags of the card.
-
-    Example:
-        >>> push_model(model, "me/my-mtl-model", tokenizer=tokenizer)  # doctest: +SKIP
-    """
-    card_data = dict(card_data or {})
-    if tags:
-        card_data["tags"] = [*card_data.get("tags", []), *tags]
-    with tempfile.TemporaryDirectory(prefix="hfmtl-push-") as tmp:
-        model.save_pretrained(tmp, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        return push_to_hub(
-            tmp,
-            repo_id,
-            private=private,
-            revision=revision,
-            commit_message=commit_message,
-            token=token,
-            create_pr=create_pr,
-            card_data=card_data,
-        )
 
 
 # --- checks --------------------------------------------------------------------------------------------
@@ -396,17 +273,3 @@ def _first_line(err: BaseException) -> str:
     """The message in one line: huggingface_hub's span several (status, url, request id, server text)."""
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     return re.sub(r"\s*For more information check: \S+", "", text) or type(err).__name__
-
-
-def _link_tree(source: Path, target: Path) -> None:
-    """Hard-link the files of `source` into `target` (a copy where links are not possible)."""
-    for path in source.rglob("*"):
-        destination = target / path.relative_to(source)
-        if path.is_dir():
-            destination.mkdir(parents=True, exist_ok=True)
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, destination)
-        except OSError:  # another file system, or links not supported
-            shutil.copy2(path, destination)

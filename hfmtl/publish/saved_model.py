@@ -19,6 +19,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from ..errors import HfmtlError
 from ..model.configuration import MODEL_TYPE
+from ..run_record import RunRecord, read_json
 
 # `dataset:` values that name a `datasets` builder for local files, not a Hub dataset
 _LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas", "sql", "xml", "webdataset", "generator"}
@@ -32,7 +33,7 @@ class SavedModel:
     path: Path
     config: dict[str, Any]  # config.json
     run: dict[str, Any] | None  # config.yaml
-    metrics: dict[str, Any] | None  # metrics.json
+    record: RunRecord | None  # metrics.json
 
     @property
     def tasks(self) -> dict[str, dict[str, Any]]:
@@ -59,14 +60,12 @@ def read_model_dir(model_dir: str | os.PathLike) -> SavedModel:
     path = Path(model_dir)
     if not path.is_dir():
         raise HfmtlError(f"model directory {str(path)!r} does not exist")
-    metrics = _read_json(path / "metrics.json")
+    record = RunRecord.read(path)  # the root of a staged run: an error naming its final model
     if not (path / "config.json").is_file():
-        if metrics and "final_model" in metrics:
-            raise HfmtlError(f"{path} is the root of a staged run; use its final model: {metrics['final_model']}")
         raise HfmtlError(
             f"{path} has no config.json, so it is not a saved hfmtl model (a training writes it when it ends)"
         )
-    config = _read_json(path / "config.json")
+    config = read_json(path / "config.json")
     if config.get("model_type") != MODEL_TYPE:
         raise HfmtlError(f"{path} holds a {config.get('model_type')!r} model, not an hfmtl multi-task model")
     run = None
@@ -75,36 +74,7 @@ def read_model_dir(model_dir: str | os.PathLike) -> SavedModel:
             run = yaml.safe_load((path / "config.yaml").read_text())
         except yaml.YAMLError as err:
             raise HfmtlError(f"{path / 'config.yaml'} is not valid YAML: {err}".replace("\n", " ")) from err
-    return SavedModel(path=path, config=config, run=run, metrics=metrics)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise HfmtlError(f"{path} is not valid JSON: {err}") from err
-
-
-def saved_evaluation(metrics: dict[str, Any] | None, load_best_model_at_end: bool = True) -> dict[str, Any] | None:
-    """The evaluation of the weights a training saved: the best step's entry of ``metrics.json`` when
-    the best model was loaded at the end, else the last one; None when nothing was evaluated.
-
-    Example:
-        >>> saved_evaluation({"history": [{"step": 5, "eval/mean": 0.7}, {"step": 10, "eval/mean": 0.6}],
-        ...                   "best": {"step": 5}})
-        {'step': 5, 'eval/mean': 0.7}
-    """
-    history = (metrics or {}).get("history") or []
-    if not history:
-        return None
-    best_step = ((metrics or {}).get("best") or {}).get("step")
-    if load_best_model_at_end and best_step is not None:
-        for entry in history:
-            if entry["step"] == best_step:
-                return entry
-    return history[-1]
+    return SavedModel(path=path, config=config, run=run, record=record)
 
 
 # --- where the encoder and the data came from ---------------------------------------------------------

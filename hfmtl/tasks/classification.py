@@ -28,12 +28,12 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoModelForSequenceClassification
 
-from . import register_task
 from .base import Task, TaskConfig
 from .capabilities import FeatureUnit, StandardHead, UsageSnippet
 from .heads import PooledHead
 from .labels import label_to_id, resolve_label_names
 from .prediction import InputError, PredictOptions, TaskPredictor, softmax
+from .registry import register_task
 
 
 @dataclass

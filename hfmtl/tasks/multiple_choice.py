@@ -32,11 +32,11 @@ from torch.nn import functional as F
 from transformers import AutoModelForMultipleChoice
 
 from ..errors import DataError
-from . import register_task
 from .base import Task, TaskConfig
 from .capabilities import FeatureUnit, StandardHead, Unsupported, UsageSnippet
 from .heads import PooledHead
 from .prediction import InputError, PredictOptions, TaskPredictor, softmax
+from .registry import register_task
 
 
 @dataclass

@@ -35,11 +35,11 @@ from torch.nn import functional as F
 from transformers import AutoModelForQuestionAnswering
 
 from ..errors import DataError
-from . import register_task
 from .base import Task, TaskConfig
 from .capabilities import FeatureUnit, StandardHead, Unsupported, UsageSnippet
 from .heads import TokenHead
 from .prediction import PredictOptions, TaskPredictor, features_by_item, softmax
+from .registry import register_task
 
 
 @dataclass

@@ -40,7 +40,6 @@ from torch.nn import functional as F
 from transformers import AutoModelForTokenClassification
 
 from ..errors import DataError
-from . import register_task
 from .base import Task, TaskConfig
 from .capabilities import FeatureUnit, StandardHead, UsageSnippet
 from .heads import TokenHead
@@ -55,6 +54,7 @@ from .prediction import (
     softmax,
     split_words,
 )
+from .registry import register_task
 
 _IOB_TAG = re.compile(r"^(O|[BIES]-.+)$")
 RAW_TEXT_FIELD = "text"  # the input field of a raw text, whatever the task's tokens_column is

@@ -10,14 +10,13 @@ A crash mid-save leaves a ``.tmp`` directory that `latest_checkpoint` never pick
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..files import replace_directory
 from .batches import TaskBatches
 from .sampling import TaskSampler
 
@@ -69,9 +68,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, save_total_l
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_directory(tmp, final)
         if save_total_limit:
             for old in list_checkpoints(output_dir)[:-save_total_limit]:
                 shutil.rmtree(old)
@@ -120,12 +117,5 @@ def save_model_atomic(accelerator, model, directory: Path) -> None:
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(tmp, state_dict=state_dict)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
+        replace_directory(tmp, directory)
     accelerator.wait_for_everyone()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,8 @@ import numpy as np
 
 from ..config import RunConfig, config_from_dict
 from ..errors import ConfigError
+from ..files import atomic_path
+from ..run_record import RunRecord
 from ..tasks import build_task
 from .data import load_raw_splits
 
@@ -87,11 +88,8 @@ def write_fold_data(
         kept = np.setdiff1d(np.arange(len(dataset)), held_out)
         files = fold_data_files(output_dir, fold, task_name)
         for split, indices in ((TRAIN, kept), (EVAL, held_out)):
-            path = Path(files[split])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")  # a crash never leaves a half-written fold behind
-            dataset.select(indices.tolist()).to_parquet(str(tmp))
-            tmp.replace(path)
+            with atomic_path(files[split]) as tmp:  # a crash never leaves a half-written fold behind
+                dataset.select(indices.tolist()).to_parquet(str(tmp))
 
 
 def fold_config(config: RunConfig, fold: int, output_dir: str | Path) -> RunConfig:
@@ -128,14 +126,12 @@ def fold_config(config: RunConfig, fold: int, output_dir: str | Path) -> RunConf
 
 
 def saved_evaluation(fold_output_dir: str | Path, load_best_model_at_end: bool) -> dict[str, Any]:
-    """The evaluation of the model a finished fold saved (its best by eval/mean, or its last), from
-    ``metrics.json``: ``{"step": ..., "eval/<task>/<metric>": ..., "eval/mean": ...}``."""
-    metrics = json.loads((Path(fold_output_dir) / "metrics.json").read_text())
-    history = metrics["history"]
-    if not history:
+    """The evaluation of the model a finished fold saved (its best, or its last), from its run record:
+    ``{"step": ..., "eval/<task>/<metric>": ..., "eval/mean": ...}``."""
+    record = RunRecord.read(fold_output_dir)
+    entry = record.saved_evaluation(load_best_model_at_end) if record is not None else None
+    if entry is None:
         raise ConfigError(f"{fold_output_dir}: metrics.json holds no evaluation")
-    step = metrics["best"]["step"] if load_best_model_at_end else history[-1]["step"]
-    entry = next((e for e in history if e["step"] == step), history[-1])
     return {"step": entry["step"], **{k: v for k, v in entry.items() if k.startswith("eval/")}}
 
 

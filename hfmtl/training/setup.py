@@ -209,3 +209,19 @@ def flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         elif isinstance(value, list):
             flat[name] = ",".join(map(str, value))
     return flat
+
+
+def training_summary(
+    accelerator: Accelerator, steps: int, runtime_seconds: float, evaluation_seconds: float
+) -> dict[str, Any]:
+    """The run record's ``train`` entry: what the finished training took and used (the config may have
+    left precision and compilation to the launcher)."""
+    return {
+        "steps": steps,
+        "runtime_seconds": round(runtime_seconds, 1),
+        "evaluation_seconds": round(evaluation_seconds, 1),
+        "peak_memory_mb": round(peak_memory_mb(accelerator.device)),
+        "mixed_precision": accelerator.mixed_precision,
+        "torch_compile": compile_backend(accelerator),
+        "num_processes": accelerator.num_processes,
+    }

@@ -26,16 +26,18 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
+from ..errors import HfmtlError
+from ..run_record import RunRecord
 from ..tasks import Task
 from .batches import TaskBatches
 from .callbacks import CallbackList, TrainerCallback
 from .checkpointing import TrainingState, resolve_resume_path, save_checkpoint, save_model_atomic
 from .data import TaskData, build_loaders
-from .evaluation import evaluate_tasks
+from .evaluation import evaluate_tasks, metric_directions
 from .loss_log import LossLog
-from .metrics_file import read_history, training_summary, write_metrics_file
 from .optimization import build_optimizer, build_scheduler, freeze_for_training
 from .sampling import TaskSampler, steps_per_epoch
+from .setup import training_summary
 from .steps import StepRunner, build_balancer
 
 logger = logging.getLogger("hfmtl")
@@ -82,8 +84,12 @@ class MultiTaskTrainer:
         self.total_steps = args.max_steps or math.ceil(args.num_train_epochs * self.steps_per_epoch)
         train_loaders, eval_loaders = build_loaders(tasks, data, tokenizer, self.batch_sizes, args)
         samplers = {name: loader.sampler for name, loader in train_loaders.items()}
-        # a main metric of unknown direction is an error now, not at the first evaluation
+        # a metric of unknown direction is an error now, not at the first evaluation
         self.greater_is_better = {name: tasks[name].greater_is_better for name in eval_loaders}
+        self.best_is_higher = config.best_model_greater_is_better()
+        self.record = RunRecord(
+            best_metric=args.metric_for_best_model, main_metrics={n: t.main_metric for n, t in tasks.items()}
+        )
 
         self.unfreezer = freeze_for_training(model, config)
         balancer = build_balancer(config.balancing, names, args.seed)
@@ -113,7 +119,6 @@ class MultiTaskTrainer:
         if balancer is not None:
             balancer.to(accelerator.device)
             accelerator.register_for_checkpointing(balancer)
-        self.history: list[dict[str, Any]] = []
         self._eval_seconds = 0.0
 
     def add_callback(self, callback: TrainerCallback) -> None:
@@ -170,7 +175,11 @@ class MultiTaskTrainer:
         resume = resolve_resume_path(self.args.resume_from_checkpoint, self.output_dir)
         if resume is not None:
             self.accelerator.load_state(str(resume))
-            self.history = read_history(self.output_dir, up_to_step=self.state.global_step)
+            # evaluations after the checkpoint were made by the run that crashed: they are made again
+            earlier = RunRecord.read(self.output_dir)
+            self.record.history = [
+                e for e in (earlier.history if earlier else []) if e["step"] <= self.state.global_step
+            ]
             logger.info("Resumed from %s at step %d", resume, self.state.global_step)
 
     def _draw_tasks(self) -> list[str]:
@@ -193,15 +202,32 @@ class MultiTaskTrainer:
         self._eval_seconds += time.time() - started
         self.accelerator.log(results, step=step)
         logger.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in results.items()})
-        self.history.append({"step": step, "epoch": round(step / self.steps_per_epoch, 4), **results})
-        score, state = results.get("eval/mean"), self.state
-        if score is not None and (state.best_metric is None or score > state.best_metric):
-            state.best_metric, state.best_step = score, step
+        self.record.history.append({"step": step, "epoch": round(step / self.steps_per_epoch, 4), **results})
+        if self._is_new_best(results, step):
+            self.state.best_metric, self.state.best_step = results[self.args.metric_for_best_model], step
             if self.args.load_best_model_at_end:
                 save_model_atomic(self.accelerator, self.model, self.output_dir / "best")
         self._write_metrics()
         self.callbacks.on_evaluate(self, step, results)
         return results
+
+    def _is_new_best(self, results: dict[str, float], step: int) -> bool:
+        key, best = self.args.metric_for_best_model, self.state.best_metric
+        if key not in results:
+            raise HfmtlError(
+                f"train.metric_for_best_model={key!r} is not among the evaluation's metrics "
+                f"({', '.join(sorted(results))}): name one of them"
+            )
+        score = results[key]
+        if not math.isfinite(score):  # NaN compares false both ways: it must never become, or block, the best
+            logger.warning("%s is %s at step %d: not a candidate for the best model", key, score, step)
+            return False
+        return best is None or (score > best if self.best_is_higher else score < best)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Every evaluation so far (the run record's history)."""
+        return self.record.history
 
     # --- output ----------------------------------------------------------------------------------------
 
@@ -224,7 +250,8 @@ class MultiTaskTrainer:
         best = self.output_dir / "best"
         if self.args.load_best_model_at_end and (best / "config.json").is_file():
             self.unwrapped_model().load_weights(best)
-            logger.info("Loaded the best model (step %s, eval/mean %.4f)", self.state.best_step, self.state.best_metric)
+            state, key = self.state, self.args.metric_for_best_model
+            logger.info("Loaded the best model (step %s, %s %.4f)", state.best_step, key, state.best_metric)
         self.save_model(self.output_dir)
         if self.accelerator.is_main_process:
             shutil.rmtree(best, ignore_errors=True)
@@ -233,5 +260,9 @@ class MultiTaskTrainer:
 
     def _write_metrics(self, train: dict[str, Any] | None = None) -> None:
         if self.accelerator.is_main_process:
-            state = self.state
-            write_metrics_file(self.output_dir, self.tasks, self.history, state.best_step, state.best_metric, train)
+            record = self.record
+            record.best_step, record.best_value, record.train = self.state.best_step, self.state.best_metric, train
+            keys = list(dict.fromkeys(k for entry in record.history for k in entry if k.startswith("eval/")))
+            record.greater_is_better = metric_directions(self.tasks, keys)
+            record.greater_is_better.setdefault(record.best_metric, self.best_is_higher)
+            record.write(self.output_dir)
