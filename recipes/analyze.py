@@ -36,6 +36,7 @@ from hfmtl.analysis import (
     lookahead_affinity,
     rank_source_encoders,
 )
+from hfmtl.cli.args import add_config_arguments, parse_with_config
 from hfmtl.errors import ConfigError, exit_status_of
 from hfmtl.tasks import Unsupported
 from hfmtl.training.data import build_train_loader, load_tokenizer, prepare_task_data
@@ -46,8 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Measure how the tasks of a config relate (hfmtl).",
         epilog="Example: hfmtl analyze configs/glue.yaml --output outputs/analysis/glue",
     )
-    parser.add_argument("--config", required=True, help="YAML run config naming the tasks and their data.")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="Config overrides.")
+    add_config_arguments(parser, "YAML run config naming the tasks and their data")
     parser.add_argument(
         "--model", help="A trained hfmtl model to analyse (default: the config's encoder, fresh heads)."
     )
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--target", help="Rank --sources for this task (LogME of its labels on each encoder).")
     parser.add_argument("--sources", nargs="*", default=[], metavar="NAME=PATH", help="Candidate source encoders.")
-    return parser.parse_args(argv)
+    return parse_with_config(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

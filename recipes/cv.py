@@ -28,6 +28,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from hfmtl import load_config
+from hfmtl.cli.args import add_config_arguments
 from hfmtl.config.stages import stage_is_complete
 from hfmtl.errors import ConfigError, exit_status_of
 from hfmtl.files import write_json_atomic
@@ -52,12 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="K-fold cross-validation of a multi-task training over each task's train split (hfmtl).",
         epilog="Example: hfmtl cv configs/glue.yaml --folds 5 --output outputs/cv/glue train.max_steps=500",
     )
-    parser.add_argument("--config", required=True, help="YAML run config (see configs/); no `stages:`.")
+    add_config_arguments(parser, "YAML run config (see configs/); no `stages:`")
     parser.add_argument("--folds", type=int, required=True, help="K: 2 <= K <= the smallest task's train rows.")
     parser.add_argument("--output", help="Directory for fold-<k>/ and cv_results.json (default: train.output_dir).")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="section.key=value", help="Config overrides, e.g. train.max_steps=200"
-    )
     parser.add_argument("--cpu", action="store_true", help="Run on the CPU even if a GPU is present.")
     return parser.parse_intermixed_args(argv)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from hfmtl import MultiTaskModel, build_task, load_config
+from hfmtl.cli.args import add_config_arguments, parse_with_config
 from hfmtl.errors import ConfigError, exit_status_of
 from hfmtl.training.data import build_eval_loader, prepare_task_data
 from hfmtl.training.evaluation import evaluate_tasks
@@ -28,11 +29,10 @@ from hfmtl.training.setup import build_accelerator
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Evaluate a saved hfmtl model on its tasks' eval splits.")
     parser.add_argument("model", help="A saved hfmtl model directory (or Hub id).")
-    parser.add_argument("--config", required=True, help="YAML run config naming the tasks and their data.")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="Config overrides.")
+    add_config_arguments(parser, "YAML run config naming the tasks and their data")
     parser.add_argument("--output", help="Where to write the results JSON (default: MODEL/eval_results.json).")
     parser.add_argument("--cpu", action="store_true", help="Run on the CPU even if a GPU is present.")
-    return parser.parse_args(argv)
+    return parse_with_config(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

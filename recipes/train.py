@@ -24,6 +24,7 @@ from accelerate.utils import set_seed
 
 from hfmtl import MultiTaskModel, build_task, load_config
 from hfmtl.analysis.callbacks import GradientSimilarityCallback
+from hfmtl.cli.args import add_config_arguments, parse_with_config
 from hfmtl.config import RunConfig, save_config
 from hfmtl.config.stages import plan_stages, write_stages_summary
 from hfmtl.errors import exit_status_of
@@ -41,19 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Train one encoder on several tasks (hfmtl).",
         epilog="Example: accelerate launch recipes/train.py --config configs/glue.yaml train.max_steps=500",
     )
-    parser.add_argument("--config", required=True, help="YAML run config (see configs/).")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="section.key=value",
-        help="Override config values, e.g. train.learning_rate=3e-5 tasks.rte.batch_size=16",
-    )
+    add_config_arguments(parser)
     parser.add_argument(
         "--cpu",
         action="store_true",
         help="Run on the CPU even if a GPU is present (with several processes: gloo DDP on CPU).",
     )
-    return parser.parse_args(argv)
+    return parse_with_config(parser, argv)
 
 
 def run(args: argparse.Namespace, callbacks: Sequence[TrainerCallback] = ()) -> MultiTaskTrainer:

@@ -66,26 +66,84 @@ TASK_CONFIGS: dict[str, dict] = {
 }
 
 
+def _data_texts(rows_per_file: int = 400) -> list[str]:
+    """Every string (and list of strings) of the first rows of each dataset in ../shared/data."""
+    import json
+
+    texts = []
+    for path in sorted(DATA.glob("*/*.jsonl")):
+        with path.open() as f:
+            for _, line in zip(range(rows_per_file), f):
+                for value in json.loads(line).values():
+                    if isinstance(value, str):
+                        texts.append(value)
+                    elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                        texts.append(" ".join(value))
+                    elif isinstance(value, dict):  # SQuAD's answers
+                        texts.extend(v for v in value.get("text", []) if isinstance(v, str))
+    # whole numbers up to 99 as single pieces, as a real vocabulary has them
+    return texts + [" ".join(map(str, range(100)))] * 50
+
+
 @pytest.fixture(scope="session")
-def tiny_encoder_dir(tmp_path_factory) -> str:
-    """A 2-layer, hidden-64 random BERT saved with MiniLM's (real) tokenizer."""
+def tiny_tokenizer_dir(tmp_path_factory) -> str:
+    """A lower-cased WordPiece tokenizer with BERT's special tokens, trained here on the test slices of
+    ../shared/data (4,000 pieces): unit tests tokenize real text without borrowing a model's tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.train_from_iterator(_data_texts(), trainers.WordPieceTrainer(vocab_size=4000, special_tokens=specials))
+    cls, sep = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
+    wordpiece.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    wordpiece.decoder = decoders.WordPiece()
+    tokenizer = BertTokenizerFast(
+        tokenizer_object=wordpiece,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )
+    path = tmp_path_factory.mktemp("tiny-tokenizer")
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
+    """A 2-layer, hidden-64 random BERT saved with the tiny tokenizer."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     path = tmp_path_factory.mktemp("tiny-bert")
     config = BertConfig(
-        vocab_size=30522,
+        vocab_size=len(tokenizer),
         hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=128,
         max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
     )
-    import torch
-
     torch.manual_seed(0)
     BertModel(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(str(MINILM)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return str(path)
+
+
+def encode(encoder_dir: str, *texts: str):
+    """`texts` through the tokenizer saved with `encoder_dir`, as a padded batch of tensors."""
+    from transformers import AutoTokenizer
+
+    return dict(AutoTokenizer.from_pretrained(encoder_dir)(list(texts), padding=True, return_tensors="pt"))
 
 
 def make_config(

@@ -226,10 +226,12 @@ def trained(tiny_encoder_dir, tmp_path_factory) -> dict[str, Any]:
         {"count": task},
         samples=192,
         eval_samples=48,
-        max_steps=100,
-        eval_steps=20,
+        max_steps=200,
+        eval_steps=40,
         learning_rate=3e-3,
         load_best_model_at_end=False,
+        # a text grows with its count: batches grouped by length would each hold nearly one count
+        train_sampling_strategy="random",
     )
     trainer = run_recipe(write_config(root / "run.yaml", config))
     return {"out": out, "trainer": trainer, "validation": validation, "task_config": task}
@@ -242,10 +244,10 @@ def trained(tiny_encoder_dir, tmp_path_factory) -> dict[str, Any]:
 def test_the_recipe_trains_it_and_saves_its_type_by_path(trained):
     history = json.loads((trained["out"] / "metrics.json").read_text())["history"]
     maes = [entry["eval/count/mae"] for entry in history]
-    assert [entry["step"] for entry in history] == [20, 40, 60, 80, 100]
+    assert [entry["step"] for entry in history] == [40, 80, 120, 160, 200]
     counts = np.array([row["count"] for row in trained["validation"]], dtype=float)
     constant = np.abs(counts - np.median(counts)).mean()  # the best constant guess
-    # measured on this seed: 0.77 at step 20, 0.39 at step 100; the best constant guess scores 0.83
+    # measured on this seed: 0.77 at step 40, 0.05 at step 200; the best constant guess scores 0.83
     assert maes[-1] < 0.6 * maes[0] and maes[-1] < 0.5 * constant, (maes, constant)
     saved = json.loads((trained["out"] / "config.json").read_text())
     assert saved["tasks"]["count"] == {"type": TYPE, "num_labels": 1}

@@ -18,6 +18,7 @@ from conftest import (
     REPO_ROOT,
     TASK_CONFIGS,
     assert_reloaded_logits_equal,
+    encode,
     make_config,
     reset_accelerate_state,
     run_recipe,
@@ -96,7 +97,7 @@ def test_a_compiled_run_saves_and_reloads_its_best_weights(tiny_encoder_dir, tmp
     model = trainer.unwrapped_model().eval()
     assert [k for k, v in model.state_dict().items() if not torch.equal(v, saved[k])] == []
     reloaded = transformers.AutoModel.from_pretrained(out).eval()
-    batch = {"input_ids": torch.tensor([[101, 7592, 2088, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    batch = encode(tiny_encoder_dir, "hello world")
     for task in TWO_TASKS:
         assert_reloaded_logits_equal(reloaded(task=task, **batch).logits, model(task=task, **batch).logits)
     metrics = json.loads((out / "metrics.json").read_text())

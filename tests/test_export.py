@@ -14,7 +14,6 @@ import textwrap
 import pytest
 import torch
 import transformers
-from conftest import MINILM
 
 from hfmtl import HfmtlError, MultiTaskConfig, MultiTaskModel, cli
 from hfmtl.model.adapters import add_adapters, is_peft_model
@@ -22,7 +21,7 @@ from hfmtl.publish import head_layouts
 from hfmtl.publish.export import export_model_dir, export_task
 
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
-# vocab 30522 so that the real (MiniLM) tokenizer's ids fit every family
+# the families' default vocabularies: every id of the tests' tiny tokenizer fits
 ENCODERS = {
     "bert": transformers.BertConfig(**TINY),
     "roberta": transformers.RobertaConfig(**TINY, pad_token_id=1),
@@ -62,8 +61,8 @@ HYPOTHESES = ["Someone makes music.", "A dog is barking loudly at the mailman."]
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return transformers.AutoTokenizer.from_pretrained(str(MINILM))
+def tokenizer(tiny_tokenizer_dir):
+    return transformers.AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
 
 
 def make_model(family: str, tasks: dict[str, dict], pooling: str = "cls") -> MultiTaskModel:

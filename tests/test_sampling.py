@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, MINILM
+from conftest import DATA
 
 from hfmtl.errors import ConfigError
 from hfmtl.training.data import EpochSampler, feature_lengths
@@ -223,8 +223,8 @@ def test_order_depends_on_seed_and_epoch_only() -> None:
 
 
 @pytest.fixture(scope="module")
-def sst2_lengths(tmp_path_factory) -> np.ndarray:
-    """Token counts of the first 2000 SST-2 training sentences under MiniLM's tokenizer."""
+def sst2_lengths(tmp_path_factory, tiny_tokenizer_dir) -> np.ndarray:
+    """Token counts of the first 2000 SST-2 training sentences under the tests' tokenizer."""
     from datasets import load_dataset
     from transformers import AutoTokenizer
 
@@ -233,7 +233,7 @@ def sst2_lengths(tmp_path_factory) -> np.ndarray:
     with open(DATA / "sst2" / "train.jsonl") as src:
         head.write_text("".join(itertools.islice(src, 2000)))
     dataset = load_dataset("json", data_files={"train": str(head)}, split="train", cache_dir=str(tmp / "cache"))
-    tokenizer = AutoTokenizer.from_pretrained(str(MINILM))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     dataset = dataset.map(lambda batch: tokenizer(batch["sentence"]), batched=True, remove_columns=dataset.column_names)
     lengths = np.array(feature_lengths(dataset))
     assert len(lengths) == 2000 and lengths.min() >= 3  # [CLS] x [SEP] at the least

@@ -15,6 +15,7 @@ from conftest import (
     TASK_CONFIGS,
     CrashAt,
     assert_reloaded_logits_equal,
+    encode,
     make_config,
     reset_accelerate_state,
     run_recipe,
@@ -61,7 +62,7 @@ def test_run_writes_a_reloadable_model_and_its_records(tiny_encoder_dir, tmp_pat
     model = trainer.accelerator.unwrap_model(trainer.model).eval()
     saved = load_file(out / "model.safetensors")
     assert [k for k, v in model.state_dict().items() if not torch.equal(v, saved[k])] == []
-    batch = {"input_ids": torch.tensor([[101, 7592, 2088, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    batch = encode(tiny_encoder_dir, "hello world")
     for task in ("rte", "ner"):
         assert_reloaded_logits_equal(reloaded(task=task, **batch).logits, model(task=task, **batch).logits)
     # and it holds the weights of the best evaluation

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TASK_CONFIGS, make_config, run_recipe, write_config
+from conftest import TASK_CONFIGS, encode, make_config, run_recipe, write_config
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification
 
@@ -121,7 +121,7 @@ def test_init_from_a_shared_lora_model_takes_the_merged_encoder(tiny_encoder_dir
     lora.save_pretrained(tmp_path / "lora")
     model = MultiTaskModel.from_encoder(tiny_encoder_dir, {"rte": RTE_SPEC})
     initialize_from(model, str(tmp_path / "lora"))
-    inputs = {"input_ids": torch.tensor([[101, 2023, 2003, 1037, 3231, 102]]), "attention_mask": torch.ones(1, 6)}
+    inputs = encode(tiny_encoder_dir, "this is a test")
     with torch.no_grad():
         expected = lora.eval()(task="rte", **inputs).logits
         got = model.eval()(task="rte", **inputs).logits

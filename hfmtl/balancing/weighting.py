@@ -136,7 +136,7 @@ class UncertaintyWeighting(LossWeighting):
     ``weight_decay=0`` (decay would pull every sigma towards 1) and learning rate `lr`. Their own rate,
     because an encoder's fine-tuning rate is far too small for them: Adam moves a parameter by about its
     learning rate per step, so at 8e-5 each s_t moves less than 0.02 in 200 steps and the weights stay
-    at 1 (measured on GLUE: dev metrics within 0.02 of `equal`'s, docs/balancing.md), while the
+    at 1 (docs/balancing.md has the GLUE run that showed it), while the
     optimum s_t = log L_t is often 1 or 2 away from 0. They are not part of the
     DDP-wrapped model: under several processes their gradients must be all-reduced like the model's.
     One parameter per task, so a task absent from a step gets no gradient (``grad`` stays None).

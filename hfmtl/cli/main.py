@@ -1,17 +1,19 @@
 """The `hfmtl` console script.
 
-    hfmtl train CONFIG [section.key=value ...] [--cpu]
-    hfmtl eval MODEL_DIR --config CONFIG [section.key=value ...] [--output FILE] [--cpu]
-    hfmtl analyze CONFIG --output DIR [--model MODEL_DIR] [--target TASK --sources NAME=PATH ...]
-    hfmtl cv CONFIG --folds K [--output DIR] [section.key=value ...] [--cpu]
+    hfmtl train [--config] CONFIG [section.key=value ...] [--cpu]
+    hfmtl eval MODEL_DIR [--config] CONFIG [section.key=value ...] [--output FILE] [--cpu]
+    hfmtl analyze [--config] CONFIG --output DIR [--model MODEL_DIR] [--target TASK --sources NAME=PATH ...]
+    hfmtl cv [--config] CONFIG --folds K [--output DIR] [section.key=value ...] [--cpu]
     hfmtl export MODEL_DIR --task TASK --out DIR [--overwrite]
     hfmtl predict MODEL --task TASK --input FILE|- --output FILE|-
     hfmtl info MODEL
     hfmtl push MODEL_DIR REPO_ID [--private] [--revision BRANCH]
+    hfmtl config [--list [SECTION]] [--markdown]
 
-`train`, `eval`, `analyze` and `cv` run the recipe of the same name (``recipes/train.py``, ``recipes/evaluate.py``): the
-recipes are the one place where the steps of a run are written, top to bottom, and the console script
-is a shortcut to them. Several processes: ``accelerate launch -m hfmtl.cli train CONFIG``. `export`
+`train`, `eval`, `analyze` and `cv` run the recipe of the same name (``recipes/train.py``,
+``recipes/evaluate.py``...) with the rest of the line: the recipes are the one place where the steps of
+a run are written, top to bottom, and the console script is a shortcut to them (the same arguments, in
+any order; see hfmtl/cli/args.py). Several processes: ``accelerate launch -m hfmtl.cli train CONFIG``. `export`
 writes one task as a standard transformers model (see `hfmtl.publish.export`).
 """
 
@@ -28,7 +30,6 @@ from .predict import add_cli as add_inference_cli
 from .push import add_cli as add_hub_cli
 
 _RECIPES = {"train": "train", "eval": "evaluate", "analyze": "analyze", "cv": "cv"}
-_CONFIG_FIRST = ("train", "analyze", "cv")  # `hfmtl train CONFIG ...` is `recipes/train.py --config CONFIG ...`
 
 
 def _run_recipe(name: str, argv: list[str]) -> int:
@@ -59,15 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     add_inference_cli(sub)  # hfmtl predict | info
     add_hub_cli(sub)  # hfmtl push
     add_config_cli(sub)  # hfmtl config
-    if argv and argv[0] in _RECIPES and not any(a in ("-h", "--help") for a in argv[1:2]):
-        command, rest = argv[0], argv[1:]
-        if command not in _CONFIG_FIRST:
-            return exit_status_of(lambda: _run_recipe("eval", rest))
-        if not rest or rest[0].startswith("-"):
-            parser.error(f"hfmtl {command}: give the config file first: hfmtl {command} CONFIG [...]")
-        return exit_status_of(lambda: _run_recipe(command, ["--config", rest[0], *rest[1:]]))
-    if argv and argv[0] in _RECIPES:
-        return _run_recipe(argv[0], ["--help"])
+    if argv and argv[0] in _RECIPES:  # the recipe parses its own line (and prints its own --help)
+        return exit_status_of(lambda: _run_recipe(argv[0], argv[1:]))
     args = parser.parse_args(argv)  # prints usage / help and exits on a bad command line
     return exit_status_of(lambda: args.handler(args))
 

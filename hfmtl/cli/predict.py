@@ -15,11 +15,11 @@ complete, so it is never half-written.
 its encoder, its PEFT adapters, and the evaluation of the saved weights from ``metrics.json``.
 
 Example:
-    >>> import contextlib, io, json
-    >>> out = io.StringIO()
-    >>> with contextlib.redirect_stdout(out):
+    >>> import contextlib, io, json  # doctest: +SKIP
+    >>> out = io.StringIO()  # doctest: +SKIP
+    >>> with contextlib.redirect_stdout(out):  # doctest: +SKIP
     ...     _ = _info(argparse.Namespace(model=model_dir, json=True))
-    >>> json.loads(out.getvalue())["tasks"]["rte"]["labels"]
+    >>> json.loads(out.getvalue())["tasks"]["rte"]["labels"]  # doctest: +SKIP
     ['entailment', 'not_entailment']
 """
 

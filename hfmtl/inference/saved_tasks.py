@@ -2,9 +2,9 @@
 model, each head's task object (its input fields and options) and its task type's predictor.
 
 Example:
-    >>> run_config = read_run_config(model_dir)
-    >>> task, strict = task_for("rte", {"type": "classification", "num_labels": 2}, run_config)
-    >>> task.config.text_column, strict
+    >>> run_config = read_run_config(model_dir)  # doctest: +SKIP
+    >>> task, strict = task_for("rte", {"type": "classification", "num_labels": 2}, run_config)  # doctest: +SKIP
+    >>> task.config.text_column, strict  # doctest: +SKIP
     ('sentence1', True)
 """
 

@@ -128,8 +128,8 @@ def activate_adapter(model: nn.Module, task_name: str) -> None:
         # set_adapter marks the other adapters frozen; keep them trainable, or an optimizer (and DDP,
         # which registers parameters once) would never see them again after their first switch. A
         # switch made in eval mode (an evaluation between training steps) froze them too, and the next
-        # training step may be on that same task: hence the flag, not "on a switch" (~0.7 ms a call on
-        # MiniLM, so not on every step either).
+        # training step may be on that same task: hence the flag, not "on a switch" (and not on every
+        # step either: set_requires_grad walks every adapter parameter).
         encoder.set_requires_grad(model.config.peft["adapters"], requires_grad=True)
         model._hfmtl_adapters_frozen = False
 

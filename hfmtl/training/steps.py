@@ -219,10 +219,10 @@ def _shared_gradients(
     """(T, P) float32: each task's gradient of the shared parameters, flattened and multiplied by
     `scale` (``.grad`` untouched).
 
-    Each gradient is copied once, straight into its slice of one preallocated matrix. With the full
-    encoder shared, P is tens of millions: building rows with `cat` then `stack` (two copies) and
-    scaling in a separate pass made this gathering, with the method's own work, 18% of a PCGrad step on
-    MiniLM; one copy halved that (benchmarks/profile_loop.py, docs/benchmarks.md).
+    Each gradient is copied once, straight into its slice of one preallocated matrix: with the full
+    encoder shared, P is tens of millions, and building rows with `cat` then `stack` (two copies) and
+    scaling in a separate pass costs a visible share of a gradient method's step (docs/benchmarks.md
+    has the profile, benchmarks/profile_loop.py measures it).
     """
     sizes = [p.numel() for p in params]
     matrix = torch.empty(len(task_names), sum(sizes), dtype=torch.float32, device=params[0].device)
