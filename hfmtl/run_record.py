@@ -69,6 +69,10 @@ class RunRecord:
         """The evaluation at `step`, if there was one."""
         return next((entry for entry in self.history if entry["step"] == step), None)
 
+    def history_until(self, step: int) -> list[dict[str, Any]]:
+        """The evaluations up to `step` (a resume drops those the crashed run made after its checkpoint)."""
+        return [entry for entry in self.history if entry["step"] <= step]
+
     def saved_evaluation(self, load_best_model_at_end: bool = True) -> dict[str, Any] | None:
         """The evaluation of the weights the training saved: the best step's with
         ``load_best_model_at_end``, else the last; None when nothing was evaluated."""

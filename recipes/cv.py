@@ -28,7 +28,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from hfmtl import load_config
-from hfmtl.cli.args import add_config_arguments
+from hfmtl.cli.args import add_config_arguments, parse_with_config
 from hfmtl.config.stages import stage_is_complete
 from hfmtl.errors import ConfigError, exit_status_of
 from hfmtl.files import write_json_atomic
@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--folds", type=int, required=True, help="K: 2 <= K <= the smallest task's train rows.")
     parser.add_argument("--output", help="Directory for fold-<k>/ and cv_results.json (default: train.output_dir).")
     parser.add_argument("--cpu", action="store_true", help="Run on the CPU even if a GPU is present.")
-    return parser.parse_intermixed_args(argv)
+    return parse_with_config(parser, argv)
 
 
 def run(args: argparse.Namespace) -> dict:

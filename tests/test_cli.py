@@ -42,8 +42,12 @@ def test_eval_takes_overrides_after_its_options():
 def test_analyze_and_cv_take_the_same_spellings():
     args = analyze.parse_args(["run.yaml", "--output", "out", "train.seed=3"])
     assert (args.config, args.output, args.overrides) == ("run.yaml", "out", ["train.seed=3"])
-    args = cv.parse_args(["--folds", "3", "--config", "run.yaml", "train.max_steps=2"])
-    assert (args.config, args.folds, args.overrides) == ("run.yaml", 3, ["train.max_steps=2"])
+    for argv in (
+        ["--folds", "3", "--config", "run.yaml", "train.max_steps=2"],
+        ["run.yaml", "--folds", "3", "train.max_steps=2"],
+    ):
+        args = cv.parse_args(argv)
+        assert (args.config, args.folds, args.overrides) == ("run.yaml", 3, ["train.max_steps=2"])
 
 
 @pytest.mark.parametrize(

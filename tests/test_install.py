@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -62,6 +63,14 @@ def wheel(tmp_path_factory) -> Path:
     # built with this venv's setuptools (no download); a venv of Python 3.12+ may have none
     pytest.importorskip("setuptools")
     out = tmp_path_factory.mktemp("wheel")
+    # built from a copy of the source: setuptools builds in the tree (build/), where modules left by an
+    # earlier layout would slip into the wheel
+    source = tmp_path_factory.mktemp("source") / "hfmtl-src"
+    shutil.copytree(
+        REPO_ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info", "outputs", "__pycache__"),
+    )
     subprocess.run(
         [
             sys.executable,
@@ -73,7 +82,7 @@ def wheel(tmp_path_factory) -> Path:
             "-q",
             "-w",
             str(out),
-            str(REPO_ROOT),
+            str(source),
         ],
         check=True,
         capture_output=True,
@@ -88,6 +97,7 @@ def test_the_wheel_holds_every_module_the_recipes_and_the_card_template(wheel):
     expected |= {f"hfmtl/recipes/{p.name}" for p in (REPO_ROOT / "recipes").glob("*.py")}
     expected |= {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "hfmtl").rglob("*.jinja")}
     assert expected - names == set()
+    assert {n for n in names if n.endswith(".py")} - expected == set()  # nothing stale from an older layout
     assert "hfmtl/recipes/train.py" in names
     assert "hfmtl/publish/model_card.md.jinja" in names
 

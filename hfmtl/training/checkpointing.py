@@ -10,16 +10,19 @@ A crash mid-save leaves a ``.tmp`` directory that `latest_checkpoint` never pick
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, HfmtlError
 from ..files import replace_directory
 from .batches import TaskBatches
 from .sampling import TaskSampler
 
+logger = logging.getLogger("hfmtl")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -100,6 +103,29 @@ class TrainingState:
             "best_metric": self.best_metric,
             "best_step": self.best_step,
         }
+
+    def offer_best(self, results: dict[str, float], step: int, key: str, greater_is_better: bool) -> bool:
+        """Take `step`'s evaluation as the best so far if its `key` beats the best; returns whether it did.
+        A NaN or infinite score is never the best (NaN compares false both ways: it would block every
+        later step, or be kept forever).
+
+        Raises:
+            HfmtlError: `key` (``train.metric_for_best_model``) is not among the evaluation's metrics.
+        """
+        if key not in results:
+            raise HfmtlError(
+                f"train.metric_for_best_model={key!r} is not among the evaluation's metrics "
+                f"({', '.join(sorted(results))}): name one of them"
+            )
+        score = results[key]
+        if not math.isfinite(score):
+            logger.warning("%s is %s at step %d: not a candidate for the best model", key, score, step)
+            return False
+        best = self.best_metric
+        if best is not None and not (score > best if greater_is_better else score < best):
+            return False
+        self.best_metric, self.best_step = score, step
+        return True
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])

@@ -26,7 +26,6 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
-from ..errors import HfmtlError
 from ..run_record import RunRecord
 from ..tasks import Task
 from .batches import TaskBatches
@@ -168,7 +167,7 @@ class MultiTaskTrainer:
             self._evaluate_and_track(state.global_step)
         self._save_final_model(runtime_seconds=time.time() - start_time)
         self.callbacks.on_train_end(self)
-        return self.history
+        return self.record.history
 
     def _resume(self) -> None:
         """Load the checkpoint `train.resume_from_checkpoint` names, if any, and the evaluations before it."""
@@ -177,9 +176,7 @@ class MultiTaskTrainer:
             self.accelerator.load_state(str(resume))
             # evaluations after the checkpoint were made by the run that crashed: they are made again
             earlier = RunRecord.read(self.output_dir)
-            self.record.history = [
-                e for e in (earlier.history if earlier else []) if e["step"] <= self.state.global_step
-            ]
+            self.record.history = earlier.history_until(self.state.global_step) if earlier else []
             logger.info("Resumed from %s at step %d", resume, self.state.global_step)
 
     def _draw_tasks(self) -> list[str]:
@@ -203,31 +200,12 @@ class MultiTaskTrainer:
         self.accelerator.log(results, step=step)
         logger.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in results.items()})
         self.record.history.append({"step": step, "epoch": round(step / self.steps_per_epoch, 4), **results})
-        if self._is_new_best(results, step):
-            self.state.best_metric, self.state.best_step = results[self.args.metric_for_best_model], step
-            if self.args.load_best_model_at_end:
-                save_model_atomic(self.accelerator, self.model, self.output_dir / "best")
+        is_best = self.state.offer_best(results, step, self.args.metric_for_best_model, self.best_is_higher)
+        if is_best and self.args.load_best_model_at_end:
+            save_model_atomic(self.accelerator, self.model, self.output_dir / "best")
         self._write_metrics()
         self.callbacks.on_evaluate(self, step, results)
         return results
-
-    def _is_new_best(self, results: dict[str, float], step: int) -> bool:
-        key, best = self.args.metric_for_best_model, self.state.best_metric
-        if key not in results:
-            raise HfmtlError(
-                f"train.metric_for_best_model={key!r} is not among the evaluation's metrics "
-                f"({', '.join(sorted(results))}): name one of them"
-            )
-        score = results[key]
-        if not math.isfinite(score):  # NaN compares false both ways: it must never become, or block, the best
-            logger.warning("%s is %s at step %d: not a candidate for the best model", key, score, step)
-            return False
-        return best is None or (score > best if self.best_is_higher else score < best)
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """Every evaluation so far (the run record's history)."""
-        return self.record.history
 
     # --- output ----------------------------------------------------------------------------------------
 
