@@ -10,7 +10,8 @@ The file::
      "best": {"step": 40, "metric": "eval/mean", "value": 0.58},
      "main_metrics": {"rte": "accuracy", ...},
      "greater_is_better": {"eval/rte/accuracy": true, ..., "eval/mean": true},
-     "train": {"steps": 80, "runtime_seconds": ..., "mixed_precision": "no", ...}}   # once finished
+     "train": {"steps": 80, "runtime_seconds": ..., "mixed_precision": "no", ...,  # once finished
+               "nonfinite_skipped_steps": 0}}                  # steps train.nonfinite=skip skipped
 
 A staged run's root directory holds a summary of its stages instead (`write_stages_summary`).
 
@@ -49,7 +50,8 @@ class RunRecord:
         main_metrics: task name -> the metric that stands for it in ``eval/mean``.
         greater_is_better: logged key -> whether higher is better (keys of unknown direction are absent).
         train: set when the final model was saved: steps, runtimes, peak memory, the precision,
-            compilation and process count the run used.
+            compilation and process count the run used, and the optimizer steps skipped for a
+            non-finite loss (``nonfinite_skipped_steps``, with ``train.nonfinite: skip``).
     """
 
     history: list[dict[str, Any]] = field(default_factory=list)

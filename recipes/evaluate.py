@@ -21,6 +21,7 @@ from transformers import AutoTokenizer
 from hfmtl import MultiTaskModel, build_task, load_config
 from hfmtl.cli.args import add_config_arguments, parse_with_config
 from hfmtl.errors import ConfigError, exit_status_of
+from hfmtl.model.backbone import check_model_path
 from hfmtl.training.data import build_eval_loader, prepare_task_data
 from hfmtl.training.evaluation import evaluate_tasks
 from hfmtl.training.setup import build_accelerator
@@ -41,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = build_accelerator(config, cpu=args.cpu)
 
     # The saved model and its tokenizer; every configured task needs a head in it.
+    model_path = check_model_path(args.model, "model")
     try:
-        model = MultiTaskModel.from_pretrained(args.model)
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        model = MultiTaskModel.from_pretrained(model_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
     except OSError as err:  # not a saved model directory, or a Hub id that cannot be reached
         raise ConfigError(f"model {args.model!r} cannot be loaded: {err}") from err
     missing = sorted(set(config.tasks) - set(model.config.tasks))

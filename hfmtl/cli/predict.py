@@ -40,6 +40,7 @@ from ..errors import HfmtlError
 from ..files import write_text_atomic
 from ..inference.predictor import Predictor
 from ..inference.saved_tasks import optional_file, read_run_config, task_for
+from ..model.backbone import check_model_path
 from ..model.configuration import MultiTaskConfig
 from ..run_record import FILE_NAME as RUN_RECORD_FILE
 from ..run_record import RunRecord
@@ -165,7 +166,7 @@ def model_info(model_name_or_path: str, **hub_kwargs: Any) -> dict[str, Any]:
         {"type", "num_labels", "labels", "problem_type", "inputs"}}, "metrics": None or {"step",
         "eval/mean", "tasks": {name: {metric: value}}}}``.
     """
-    path = str(model_name_or_path)
+    path = check_model_path(str(model_name_or_path), "model")
     try:
         config = AutoConfig.from_pretrained(path, **hub_kwargs)
     except (OSError, ValueError) as err:

@@ -22,6 +22,7 @@ SchedulerType = Literal["linear", "cosine", "constant", "constant_with_warmup", 
 Optim = Literal["adamw_torch_fused", "adamw_torch"]
 TrainSamplingStrategy = Literal["random", "group_by_length"]
 HubStrategy = Literal["end", "best"]
+NonFinite = Literal["error", "skip"]
 
 
 def _warmup_ratio_as_steps(key: str, ratio: float) -> float:
@@ -80,6 +81,15 @@ class TrainConfig:
         },
     )
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "Clip the gradient norm; null: off."})
+    nonfinite: NonFinite = field(
+        default="error",
+        metadata={
+            "help": "A task's training loss that is NaN or infinite: error stops the run with one line naming the "
+            "task and the step, before that step changes any weight; skip skips that optimizer step on every "
+            "process (weights, optimizer, schedule and balancing state stay as they were), logs it and counts it "
+            "in metrics.json."
+        },
+    )
     lr_scheduler_type: SchedulerType = field(
         default="linear", metadata={"help": "Learning-rate schedule after warmup (transformers.get_scheduler)."}
     )

@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from ..errors import DataError, HfmtlError
 from ..model import MultiTaskConfig, MultiTaskModel
+from ..model.backbone import check_model_path
 from ..tasks.prediction import InputError, PredictOptions, TaskPredictor
 from .saved_tasks import read_run_config, task_for, task_predictor_class
 
@@ -93,7 +94,7 @@ class Predictor:
         Raises:
             HfmtlError: nothing loadable is there, or it is not an hfmtl model.
         """
-        path = str(model_name_or_path)
+        path = check_model_path(str(model_name_or_path), "model")
         _device(device)  # a bad device fails before the weights are loaded
         try:
             config = AutoConfig.from_pretrained(path, **hub_kwargs)

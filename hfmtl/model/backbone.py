@@ -9,6 +9,8 @@ Example:
 from __future__ import annotations
 
 import inspect
+import os
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -19,6 +21,53 @@ from ..errors import ConfigError
 
 # the encoder-config fields that must agree for weights to be interchangeable
 _SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "dim")
+
+
+def check_model_path(name: str, key: str) -> str:
+    """`name` as the loaders should take it: a local directory (``~`` expanded) or a Hub id.
+
+    A name that looks like a path (it starts with ``.``, ``/`` or ``~``, or holds a path separator and is
+    no valid Hub id) and does not exist is an error here, before transformers would report it as a
+    malformed Hub repo id; a valid Hub id that is not a local directory goes to the Hub as it is.
+
+    Args:
+        name: the value of `key` (``model.name_or_path``, ``model.init_from``, a model to predict with...).
+        key: what the user set, for the error.
+
+    Raises:
+        ConfigError: the path does not exist, is a file, or `name` is neither a directory nor a Hub id.
+
+    Example:
+        >>> check_model_path("sentence-transformers/all-MiniLM-L6-v2", "model.name_or_path")
+        'sentence-transformers/all-MiniLM-L6-v2'
+        >>> check_model_path("./outputs/none", "model.init_from")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        hfmtl.errors.ConfigError: model.init_from='./outputs/none': the directory '...outputs/none' does not exist ...
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise ConfigError(f"{key}={name!r} is a file; give the directory a model was saved into (or a Hub id)")
+    try:
+        validate_repo_id(name)
+        return name
+    except HFValidationError:
+        pass
+    separators = {os.sep, os.altsep or os.sep, "\\"}
+    if name.startswith((".", "/", "~")) or any(sep in name for sep in separators):
+        raise ConfigError(
+            f"{key}={name!r}: the directory {str(path.absolute())!r} does not exist (relative paths are read from "
+            f"the current directory {os.getcwd()!r})"
+        )
+    raise ConfigError(
+        f"{key}={name!r} is not a Hub model id ('name' or 'org/name'), and the directory {str(path.absolute())!r} "
+        "does not exist"
+    )
 
 
 def encoder_kwargs(encoder_config: PreTrainedConfig) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from transformers.utils import ModelOutput
 from ..errors import ConfigError, HfmtlError
 from ..tasks import Unsupported, get_task_class
 from . import adapters
-from .backbone import check_same_architecture, encoder_kwargs
+from .backbone import check_model_path, check_same_architecture, encoder_kwargs
 from .configuration import MultiTaskConfig
 
 
@@ -99,6 +99,7 @@ class MultiTaskModel(PreTrainedModel):
             classifier_dropout: dropout in the heads (None: the encoder's hidden dropout).
             **from_pretrained_kwargs: passed to `AutoModel.from_pretrained` (e.g. ``revision``).
         """
+        encoder_name_or_path = check_model_path(encoder_name_or_path, "model.name_or_path")
         try:
             encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **from_pretrained_kwargs)
             encoder = AutoModel.from_pretrained(
@@ -275,8 +276,9 @@ def load_encoder(
     encoder, so such a source is refused.
 
     Raises:
-        ConfigError: `source` cannot be loaded, or holds per-task adapters (named by `key`).
+        ConfigError: `source` does not exist, cannot be loaded, or holds per-task adapters (named by `key`).
     """
+    source = check_model_path(source, key)
     try:
         config = AutoConfig.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as err:

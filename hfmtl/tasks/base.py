@@ -30,6 +30,7 @@ from ..errors import ConfigError, DataError
 from ..typed import check_positive
 from .capabilities import FeatureUnit, StandardHead, Unsupported, UsageSnippet
 from .metrics import compute_metric, greater_is_better, metric_key
+from .rows import check_texts
 
 if TYPE_CHECKING:
     from .prediction import TaskPredictor
@@ -131,11 +132,17 @@ class Task(abc.ABC):
     def required_columns(self) -> list[str]:
         """Columns of the raw dataset this task reads."""
 
+    def text_columns(self) -> dict[str, bool]:
+        """The required columns that hold text: column -> whether it holds a list of texts (words,
+        choices). `setup` checks that every row's value is a string (or a list of strings) there."""
+        return {}
+
     def setup(self, splits: dict[str, Any]) -> None:
         """Check the raw splits (`datasets.Dataset` per split) and resolve labels from them.
 
         Raises:
             DataError: a split is empty or a column is missing.
+            BadRowError: a row's text is null or not a string (hfmtl/tasks/rows.py).
         """
         for split_name, ds in splits.items():
             if len(ds) == 0:
@@ -146,6 +153,7 @@ class Task(abc.ABC):
                     f"task {self.name!r}: column(s) {missing} not in split {split_name!r} "
                     f"(columns: {ds.column_names}); set the task's *_column options"
                 )
+        check_texts(self, splits, self.text_columns())
 
     @abc.abstractmethod
     def head_spec(self) -> dict[str, Any]:

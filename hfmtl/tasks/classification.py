@@ -31,7 +31,13 @@ from transformers import AutoModelForSequenceClassification
 from .base import Task, TaskConfig
 from .capabilities import FeatureUnit, StandardHead, UsageSnippet
 from .heads import PooledHead
-from .labels import label_to_id, resolve_label_names
+from .labels import (
+    check_label_kinds,
+    check_labels_present,
+    check_numeric_targets,
+    label_to_id,
+    resolve_label_names,
+)
 from .prediction import InputError, PredictOptions, TaskPredictor, softmax
 from .registry import register_task
 
@@ -76,6 +82,10 @@ class _SequenceTask(Task):
             columns.insert(1, self.config.text_pair_column)
         return columns
 
+    def text_columns(self) -> dict[str, bool]:
+        pair = self.config.text_pair_column
+        return {self.config.text_column: False, **({pair: False} if pair else {})}
+
     def _tokenize(self, examples: dict[str, list], tokenizer, max_length: int) -> dict[str, list]:
         pairs = examples[self.config.text_pair_column] if self.config.text_pair_column else None
         return tokenizer(examples[self.config.text_column], pairs, truncation=True, max_length=max_length)
@@ -113,6 +123,9 @@ class ClassificationTask(_SequenceTask):
     def setup(self, splits: dict[str, Any]) -> None:
         super().setup(splits)
         c = self.config
+        check_labels_present(self, splits, c.label_column)
+        if not c.multi_label:
+            check_label_kinds(self, splits, c.label_column)
         self.label_names = resolve_label_names(self, splits, c.label_column, c.label_names, c.num_labels, c.multi_label)
         self.label2id = {name: i for i, name in enumerate(self.label_names)}
 
@@ -197,6 +210,10 @@ class RegressionTask(_SequenceTask):
 
     config_class = RegressionConfig
     default_metrics = ("pearson", "spearman")
+
+    def setup(self, splits: dict[str, Any]) -> None:
+        super().setup(splits)
+        check_numeric_targets(self, splits, self.config.label_column)
 
     def head_spec(self) -> dict[str, Any]:
         return {"type": self.type_name, "num_labels": 1, "problem_type": "regression"}

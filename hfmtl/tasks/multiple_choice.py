@@ -35,6 +35,7 @@ from ..errors import DataError
 from .base import Task, TaskConfig
 from .capabilities import FeatureUnit, StandardHead, Unsupported, UsageSnippet
 from .heads import PooledHead
+from .labels import check_labels_present
 from .prediction import InputError, PredictOptions, TaskPredictor, softmax
 from .registry import register_task
 
@@ -62,6 +63,15 @@ class MultipleChoiceTask(Task):
         c = self.config
         columns = [c.question_column, c.choices_column, c.label_column]
         return [c.context_column, *columns] if c.context_column else columns
+
+    def text_columns(self) -> dict[str, bool]:
+        c = self.config
+        texts = {c.question_column: False, c.choices_column: True}
+        return {c.context_column: False, **texts} if c.context_column else texts
+
+    def setup(self, splits: dict[str, Any]) -> None:
+        super().setup(splits)
+        check_labels_present(self, splits, self.config.label_column)
 
     def head_spec(self) -> dict[str, Any]:
         return {"type": self.type_name, "num_labels": 1}

@@ -96,6 +96,9 @@ class QuestionAnsweringTask(Task):
         c = self.config
         return [c.id_column, c.question_column, c.context_column, c.answers_column]
 
+    def text_columns(self) -> dict[str, bool]:
+        return {self.config.question_column: False, self.config.context_column: False}
+
     def default_main_metric(self) -> str:
         return "f1"
 

@@ -43,7 +43,7 @@ from ..errors import DataError
 from .base import Task, TaskConfig
 from .capabilities import FeatureUnit, StandardHead, UsageSnippet
 from .heads import TokenHead
-from .labels import IGNORE_INDEX, label_to_id, resolve_label_names
+from .labels import IGNORE_INDEX, check_label_kinds, check_labels_present, label_to_id, resolve_label_names
 from .metrics import compute_metric
 from .prediction import (
     InputError,
@@ -82,9 +82,14 @@ class TokenClassificationTask(Task):
     def required_columns(self) -> list[str]:
         return [self.config.tokens_column, self.config.tags_column]
 
+    def text_columns(self) -> dict[str, bool]:
+        return {self.config.tokens_column: True}
+
     def setup(self, splits: dict[str, Any]) -> None:
         super().setup(splits)
         c = self.config
+        check_labels_present(self, splits, c.tags_column)
+        check_label_kinds(self, splits, c.tags_column, is_list=True)
         self.label_names = resolve_label_names(
             self, splits, c.tags_column, c.label_names, c.num_labels, multi_label=True
         )

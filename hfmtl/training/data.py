@@ -2,6 +2,10 @@
 
 Relative paths in `data_files` are read from the current working directory, as `datasets` does; the
 configs in this repository are meant to be run from its root.
+
+Each split is loaded on its own: only the columns a task reads must agree between splits (AG News's test
+file has a `title` column its train file lacks). A row the task cannot use, or a line the reader cannot
+parse, is one `DataError` naming the task, the file, the line and the column (hfmtl/training/bad_rows.py).
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import TrainConfig
-from ..errors import ConfigError, DataError
+from ..errors import BadRowError, ConfigError, DataError, HfmtlError
+from ..model.backbone import check_model_path
 from ..tasks import Task
+from .bad_rows import describe_unreadable, first_failing_row, locate_row, reader_logs_silenced
 
 # file suffix -> (datasets builder, extra builder kwargs)
 _BUILDERS = {
@@ -49,7 +55,8 @@ def load_tokenizer(model_config):
     """
     from transformers import AutoTokenizer
 
-    name = model_config.tokenizer_name_or_path or model_config.name_or_path
+    key = "model.tokenizer_name_or_path" if model_config.tokenizer_name_or_path else "model.name_or_path"
+    name = check_model_path(model_config.tokenizer_name_or_path or model_config.name_or_path, key)
     try:
         return AutoTokenizer.from_pretrained(name, revision=model_config.revision)
     except OSError as err:  # not found locally, not on the Hub, or the Hub is unreachable
@@ -81,7 +88,8 @@ def load_raw_splits(task: Task, train: bool = True) -> dict[str, datasets.Datase
     """The task's raw train (unless `train` is False) and eval splits, cut to max_*_samples.
 
     Raises:
-        DataError: a file is missing, a split is not there, or the Hub cannot be reached.
+        DataError: a file is missing or cannot be read (naming its line), a split is not there, or the Hub
+            cannot be reached.
     """
     c = task.config
     wanted = {**({"train": c.train_split} if train else {}), **({"eval": c.eval_split} if c.eval_split else {})}
@@ -101,14 +109,18 @@ def load_raw_splits(task: Task, train: bool = True) -> dict[str, datasets.Datase
                     f"task {task.name!r}: data_files has no {split!r} split (has {sorted(c.data_files)}); {fix}"
                 )
         path, builder_kwargs = _builder_for(task.name, c.data_files, c.dataset)
-        builder_kwargs["data_files"] = {s: c.data_files[s] for s in wanted.values()}
     else:
         path = c.dataset
         builder_kwargs.update(name=c.subset, revision=c.revision)
     splits = {}
     for role, split in wanted.items():
+        # one split per call (and per cache entry): each infers its own columns
+        files = {"data_files": {split: c.data_files[split]}} if c.data_files else {}
         try:
-            ds = datasets.load_dataset(path, split=split, **builder_kwargs)
+            with reader_logs_silenced():
+                ds = datasets.load_dataset(path, split=split, **builder_kwargs, **files)
+        except datasets.exceptions.DatasetGenerationError as err:  # a file the reader cannot parse
+            raise DataError(_unreadable(task, split, path, err)) from err
         except (FileNotFoundError, ConnectionError, ValueError) as err:
             # datasets raises these for an unknown Hub id, no network, or a missing split
             raise DataError(f"task {task.name!r}: cannot load split {split!r} of {path!r}: {err}") from err
@@ -132,24 +144,61 @@ def prepare_task_data(task: Task, tokenizer, max_length: int, main_process_first
     raw = load_raw_splits(task, train)
     # setup sees the user's split names, so that its errors name them
     roles = {"train": task.config.train_split, "eval": task.config.eval_split}
-    task.setup({roles[role]: ds for role, ds in raw.items()})
+    try:
+        task.setup({roles[role]: ds for role, ds in raw.items()})
+    except BadRowError as err:
+        raise _located(task, err) from None
     max_length = task.config.max_length or max_length
     preprocess = {"train": task.preprocess, "eval": task.preprocess_eval}
+    kwargs = {"tokenizer": tokenizer, "max_length": max_length}
     with main_process_first():
-        features = {
-            role: ds.map(
-                preprocess[role],
-                batched=True,
-                fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
-                remove_columns=ds.column_names,
-                desc=f"Tokenizing {task.name} {roles[role]}",
-            )
-            for role, ds in raw.items()
-        }
+        features = {}
+        for role, ds in raw.items():
+            try:
+                features[role] = ds.map(
+                    preprocess[role],
+                    batched=True,
+                    fn_kwargs=kwargs,
+                    remove_columns=ds.column_names,
+                    desc=f"Tokenizing {task.name} {roles[role]}",
+                )
+            except HfmtlError:
+                raise
+            except (TypeError, ValueError, KeyError, IndexError) as err:  # a row the task's checks let through
+                row = first_failing_row(ds, preprocess[role], kwargs)
+                if row is None:
+                    raise
+                problem = f"cannot be preprocessed ({type(err).__name__}: {err})".replace("\n", " ")
+                raise _located(task, BadRowError(task.name, roles[role], row, None, problem)) from err
     train_features = features.get("train")
     if train_features is not None and len(train_features) == 0:
         raise DataError(f"task {task.name!r}: no training features after tokenization")
     return TaskData(train=train_features, eval_features=features.get("eval"), eval_examples=raw.get("eval"))
+
+
+def _located(task: Task, err: BadRowError) -> BadRowError:
+    """`err` with the file and line of its row, when the split was read from local files."""
+    c = task.config
+    if not c.data_files or err.split not in c.data_files:
+        return err
+    path, kwargs = _builder_for(task.name, c.data_files, c.dataset)
+    files = c.data_files[err.split]
+    files = [files] if isinstance(files, str) else list(files)
+    place = locate_row(files, path, err.row, kwargs.get("delimiter", ","))
+    return err.located(f"{place} (split {err.split!r}, row {err.row})")
+
+
+def _unreadable(task: Task, split: str, path: str, err: Exception) -> str:
+    """One line on a split the reader could not build: the line at fault when the files name it, else
+    the reader's own first line."""
+    files = task.config.data_files[split] if task.config.data_files else []
+    files = [files] if isinstance(files, str) else list(files)
+    place = describe_unreadable(files, path) if files else None
+    if place is not None:
+        return f"task {task.name!r}: {place}"
+    cause = err.__cause__ or err
+    reason = (str(cause).strip().splitlines() or [""])[0]
+    return f"task {task.name!r}: cannot read split {split!r} from {files or path!r}: {type(cause).__name__}: {reason}"
 
 
 def feature_lengths(dataset: datasets.Dataset) -> list[int]:

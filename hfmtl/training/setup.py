@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from logging.handlers import MemoryHandler
 from pathlib import Path
 from typing import Any
@@ -159,8 +160,8 @@ def setup_logging(accelerator: Accelerator, log_file: str | Path | None = None) 
     level = logging.INFO if accelerator.is_main_process else logging.WARNING
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     logger.setLevel(level)
-    if not any(type(h) is logging.StreamHandler for h in logger.handlers):
-        stream = logging.StreamHandler()
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        stream = _StderrHandler()
         stream.setFormatter(fmt)
         logger.addHandler(stream)
     # One log file at a time (a staged run has one per stage). A run logs before its output directory
@@ -185,6 +186,22 @@ def setup_logging(accelerator: Accelerator, log_file: str | Path | None = None) 
     # the libraries' own progress bars stay; their INFO chatter goes
     transformers.utils.logging.set_verbosity_error()
     datasets.utils.logging.set_verbosity_warning()
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the `sys.stderr` of the moment a record is emitted, not the one it was created with: a
+    notebook or a test harness swaps sys.stderr, and a handler holding a closed one fails on every record."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler's constructor sets it; the property decides
+        pass
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -212,11 +229,16 @@ def flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def training_summary(
-    accelerator: Accelerator, steps: int, runtime_seconds: float, evaluation_seconds: float
+    accelerator: Accelerator,
+    steps: int,
+    runtime_seconds: float,
+    evaluation_seconds: float,
+    nonfinite_skipped_steps: int | None = None,
 ) -> dict[str, Any]:
     """The run record's ``train`` entry: what the finished training took and used (the config may have
-    left precision and compilation to the launcher)."""
-    return {
+    left precision and compilation to the launcher), and the steps it skipped for a non-finite loss
+    (``train.nonfinite: skip``; `StepRunner.skipped_steps`; left out when not given)."""
+    summary = {
         "steps": steps,
         "runtime_seconds": round(runtime_seconds, 1),
         "evaluation_seconds": round(evaluation_seconds, 1),
@@ -225,3 +247,6 @@ def training_summary(
         "torch_compile": compile_backend(accelerator),
         "num_processes": accelerator.num_processes,
     }
+    if nonfinite_skipped_steps is not None:
+        summary["nonfinite_skipped_steps"] = nonfinite_skipped_steps
+    return summary

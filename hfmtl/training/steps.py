@@ -21,6 +21,12 @@ forward for one backward. Then, by the method's family (hfmtl/balancing/):
 Strategies compute and never own the loop: here, in `StepRunner`, are the backward passes, the
 all-reduces and the writes into ``.grad``. Their state is checkpointed with the run (exact resume).
 
+Every task loss of a step goes past the `NonfiniteGuard` (nonfinite.py), which decides at the optimizer
+step, after the last backward and before anything is applied: a NaN or infinite loss stops the run
+(``train.nonfinite: error``), or (``skip``) the step is dropped on every process: no optimizer, scheduler,
+AdaLoRA or balancing update, the balancer's state put back as it was before the step, and the step's
+losses left out of the loss log.
+
 Example:
     >>> runner = StepRunner(model=model, optimizer=optimizer, scheduler=scheduler,        # doctest: +SKIP
     ...                     accelerator=accelerator, args=config.train, balancing=config.balancing,
@@ -31,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from typing import Protocol
@@ -44,6 +51,7 @@ from ..config import BalancingConfig, TrainConfig
 from ..model.adapters import update_adalora_budget
 from ..model.backbone import encoder_layer_groups
 from ..model.freezing import GradualUnfreezer
+from .nonfinite import NonfiniteGuard
 
 logger = logging.getLogger("hfmtl")
 
@@ -87,7 +95,8 @@ class StepRunner:
     Attributes:
         balancer: the strategy (None: unweighted); ``balancer_params``: its learned parameters;
         shared_params: the shared trainable parameters (the encoder's; only its adapters under PEFT);
-        gradnorm_params: GradNorm's last shared layer; last_weights: the latest task weights (logged).
+        gradnorm_params: GradNorm's last shared layer; last_weights: the latest task weights (logged);
+        guard: the non-finite loss guard (``train.nonfinite``); skipped_steps: the steps it skipped.
     """
 
     def __init__(
@@ -116,16 +125,38 @@ class StepRunner:
         if balancer is not None and balancer.name == "gradnorm":  # it balances gradient norms at the top layer
             self.gradnorm_params = [p for p in encoder_layer_groups(encoder)[-1] if p.requires_grad]
         self.last_weights: dict[str, torch.Tensor] = {}
+        self.guard = NonfiniteGuard(accelerator, args.nonfinite)
+        self._before_step: tuple[dict, dict] | None = None  # the balancer's state, for a skipped step
+        self._pending_losses: list[dict[str, torch.Tensor]] = []  # the step's, logged once it is applied
+        self._skipped = False
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped for a non-finite loss (``train.nonfinite: skip``)."""
+        return self.guard.skipped_steps
 
     def step(self, task_names: list[str], step_index: int) -> None:
         """One optimizer step on `task_names` (one sampled task; with ``balancing.step: all_tasks``, the
         tasks of the step). `step_index`: the steps taken before it (the schedules of gradual unfreezing
-        and AdaLoRA count from 0)."""
+        and AdaLoRA count from 0).
+
+        Raises:
+            TrainingError: a loss of the step is NaN or infinite (with ``train.nonfinite: error``).
+        """
+        self.guard.start(task_names)
+        self._pending_losses, self._skipped = [], False
+        if self.guard.skips and self.balancer is not None:
+            # a weighting updates its state as it weighs (first losses, loss history): a skipped step
+            # puts it back. A copy per step, of a few small tensors, only with `skip` and a balancer.
+            self._before_step = (copy.deepcopy(self.balancer.state_dict()), dict(self.last_weights))
         if self.all_tasks:
             self._all_tasks_step(task_names, step_index)
         else:
             (task_name,) = task_names
             self._one_task_step(task_name, step_index)
+        if not self._skipped:
+            for losses in self._pending_losses:
+                self.record_losses(losses)
 
     def _one_task_step(self, task_name: str, step_index: int) -> None:
         """`gradient_accumulation_steps` micro-batches of one task, then the optimizer step."""
@@ -134,9 +165,11 @@ class StepRunner:
             batch = self.batches.next(task_name)
             with acc.accumulate(self.model):
                 loss = self.model(task=task_name, **batch).loss
+                self.guard.observe({task_name: loss})
                 acc.backward(self._weighted_total({task_name: loss}))
-                self._finish_micro_step(step_index)
-            self.record_losses({task_name: loss})
+                applied = self._step_is_finite(step_index)
+                self._finish_micro_step(step_index, applied)
+            self._pending_losses.append({task_name: loss.detach()})
 
     def _all_tasks_step(self, task_names: list[str], step_index: int) -> None:
         """One batch of every task in `task_names` per micro-step, weighed or combined by the balancer."""
@@ -147,6 +180,7 @@ class StepRunner:
             batches = {name: self.batches.next(name) for name in task_names}
             with acc.accumulate(self.model):
                 losses = self.model(task_batches=batches).task_losses
+                self.guard.observe(losses)
                 if combiner:
                     micro = _shared_gradients(losses, task_names, self.shared_params, scale=1.0 / self.accumulation)
                     task_grads = micro if task_grads is None else task_grads.add_(micro)
@@ -157,20 +191,21 @@ class StepRunner:
                         norms = task_gradient_norms(losses, self.gradnorm_params)
                     total = self._weighted_total(losses)
                 acc.backward(total)
-                if acc.sync_gradients and combiner:
+                applied = self._step_is_finite(step_index)
+                if acc.sync_gradients and applied and combiner:
                     task_grads = acc.reduce(task_grads, reduction="mean")  # every rank combines the same matrix
                     combined = balancer(task_grads, task_names)
                     self.last_weights = dict(zip(task_names, combined.weights))
                     _write_shared_gradient(self.shared_params, combined.grad)
-                if acc.sync_gradients and balancer.name == "gradnorm":
+                if acc.sync_gradients and applied and balancer.name == "gradnorm":
                     balancer.update(_mean(acc, losses), _mean(acc, norms))
-                self._finish_micro_step(step_index)
-                if acc.sync_gradients and balancer.name == "famo":
+                self._finish_micro_step(step_index, applied)
+                if acc.sync_gradients and applied and balancer.name == "famo":
                     # FAMO learns from how much each loss fell: the same batches again after the step
                     with torch.no_grad():
                         after = self.model(task_batches=batches).task_losses
                     balancer.update(_mean(acc, losses), _mean(acc, after))
-            self.record_losses(losses)
+            self._pending_losses.append({name: loss.detach() for name, loss in losses.items()})
 
     def _weighted_total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """The loss to backpropagate: the balancer's weighting of this process's task losses.
@@ -190,9 +225,24 @@ class StepRunner:
         self.last_weights = weights
         return sum(weights[name].to(loss.dtype) * loss for name, loss in losses.items())
 
-    def _finish_micro_step(self, step_index: int) -> None:
-        """Unfreeze schedule, balancer gradients, clipping, optimizer and scheduler steps (at a sync)."""
+    def _step_is_finite(self, step_index: int) -> bool:
+        """At the optimizer step (a sync), the guard's decision; between syncs, True. A skipped step's
+        balancer state is put back and its losses are not logged."""
+        if not self.accelerator.sync_gradients or self.guard.step_is_finite(step_index):
+            return True
+        if self._before_step is not None:
+            state, self.last_weights = self._before_step
+            self.balancer.load_state_dict(state)
+        self._skipped = True
+        return False
+
+    def _finish_micro_step(self, step_index: int, applied: bool = True) -> None:
+        """Unfreeze schedule, balancer gradients, clipping, optimizer and scheduler steps (at a sync);
+        a skipped step (`applied` false) only drops its gradients, on every process alike."""
         acc = self.accelerator
+        if not applied:
+            self.optimizer.zero_grad(set_to_none=True)
+            return
         if acc.sync_gradients:
             if self.unfreezer is not None:
                 self.unfreezer.drop_frozen_grads(step_index)
