@@ -166,6 +166,8 @@ def test_rerun_with_resume_skips_finished_folds(cv_run, monkeypatch):
         ("one fold", "--folds 1: cross-validation needs at least 2 folds"),
         ("more folds than rows", "--folds 49 is more than task 'ner' has train rows (48, after max_train_samples)"),
         ("stages", "has `stages:`; cross-validation runs one training"),
+        # named in the user's file, not in a fold's copy of it
+        ("a row without a label", "bad-train.jsonl' line 3 (split 'train', row 2): column 'label' is null"),
     ],
 )
 def test_bad_input_is_one_line(tiny_encoder_dir, tmp_path, capsys, case, expected):
@@ -175,7 +177,15 @@ def test_bad_input_is_one_line(tiny_encoder_dir, tmp_path, capsys, case, expecte
     cfg["tasks"]["rte"]["max_train_samples"] = 60
     if case == "stages":
         cfg["stages"] = {"first": {"tasks": ["ner"]}, "second": {"tasks": ["rte"]}}
-    folds = {"one fold": "1", "more folds than rows": "49", "stages": "2"}[case]
+    if case == "a row without a label":
+        lines = Path(TASK_CONFIGS["rte"]["data_files"]["train"]).read_text().splitlines()[:60]
+        lines[2] = json.dumps({**json.loads(lines[2]), "label": None})
+        (tmp_path / "bad-train.jsonl").write_text("\n".join(lines) + "\n")
+        cfg["tasks"]["rte"]["data_files"] = {
+            **TASK_CONFIGS["rte"]["data_files"],
+            "train": str(tmp_path / "bad-train.jsonl"),
+        }
+    folds = {"one fold": "1", "more folds than rows": "49"}.get(case, "2")
     reset_accelerate_state()
     assert cli.main(["cv", str(write_config(tmp_path / "run.yaml", cfg)), "--folds", folds]) == 2
     err = capsys.readouterr().err

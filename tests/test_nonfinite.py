@@ -216,7 +216,8 @@ def main():
     for name, param in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(param.detach().cpu().contiguous().numpy().tobytes())
-    result.update(params=digest.hexdigest(), skipped=trainer.runner.skipped_steps, step=trainer.state.global_step)
+    finite = all(bool(p.isfinite().all()) for p in model.parameters())
+    result.update(params=digest.hexdigest(), finite=finite, skipped=trainer.runner.skipped_steps, step=trainer.state.global_step)
 
 
 status = exit_status_of(main)
@@ -273,5 +274,5 @@ def test_two_processes_take_the_same_decision_when_one_sees_a_nan(mode, tiny_enc
         assert not (out / "model.safetensors").exists()
     else:
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert [(r["status"], r["skipped"], r["step"]) for r in records] == [(0, 1, 5), (0, 1, 5)]
+        assert [(r["status"], r["skipped"], r["step"], r["finite"]) for r in records] == [(0, 1, 5, True)] * 2
         assert records[0]["params"] == records[1]["params"]

@@ -314,4 +314,8 @@ def test_eval_of_a_missing_model_is_one_line(tmp_path, capsys):
     cfg = write_config(tmp_path / "run.yaml", make_config(str(tmp_path), tmp_path / "out", TWO_TASKS))
     assert cli.main(["eval", str(tmp_path / "no-model"), "--config", str(cfg), "--cpu"]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.startswith(f"error: model '{tmp_path / 'no-model'}' cannot be loaded")
+    missing = str(tmp_path / "no-model")
+    assert "Traceback" not in err and err.count("error: ") == 1
+    assert (
+        err.strip().splitlines()[-1].startswith(f"error: model={missing!r}: the directory {missing!r} does not exist")
+    )

@@ -107,7 +107,7 @@ def test_init_from_another_architecture_is_a_clear_error(tiny_encoder_dir, tmp_p
     model = MultiTaskModel.from_encoder(tiny_encoder_dir, {"rte": RTE_SPEC})
     with pytest.raises(ConfigError, match=r"has a bert encoder with hidden_size=32, but the model .* hidden_size=64"):
         initialize_from(model, str(tmp_path / "narrow"))
-    with pytest.raises(ConfigError, match="model.init_from='.*missing' cannot be loaded"):
+    with pytest.raises(ConfigError, match="model.init_from='.*missing': the directory '.*missing' does not exist"):
         initialize_from(model, str(tmp_path / "missing"))
 
 

@@ -31,7 +31,7 @@ from ..errors import ConfigError
 from ..files import atomic_path
 from ..run_record import RunRecord
 from ..tasks import build_task
-from .data import load_raw_splits
+from .data import load_raw_splits, setup_task
 
 TRAIN, EVAL = "train", "validation"  # the split names of the materialised fold files
 
@@ -61,11 +61,14 @@ def check_num_folds(num_folds: int, train_sizes: dict[str, int]) -> None:
 
 
 def load_train_rows(config: RunConfig) -> dict[str, datasets.Dataset]:
-    """Each task's raw train split, cut to its `max_train_samples` (the cut comes before the folds)."""
+    """Each task's raw train split, cut to its `max_train_samples` (the cut comes before the folds),
+    checked by its task here, so that a bad row is named by the user's file and line, not a fold's."""
     rows = {}
     for task_name, task_config in config.tasks.items():
         task = build_task(task_name, dataclasses.replace(task_config, eval_split=None))  # train only
-        rows[task_name] = load_raw_splits(task, train=True)["train"]
+        raw = load_raw_splits(task, train=True)
+        setup_task(task, raw)
+        rows[task_name] = raw["train"]
     return rows
 
 

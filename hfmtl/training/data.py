@@ -142,12 +142,8 @@ def prepare_task_data(task: Task, tokenizer, max_length: int, main_process_first
             the cache, the others then read it.
     """
     raw = load_raw_splits(task, train)
-    # setup sees the user's split names, so that its errors name them
     roles = {"train": task.config.train_split, "eval": task.config.eval_split}
-    try:
-        task.setup({roles[role]: ds for role, ds in raw.items()})
-    except BadRowError as err:
-        raise _located(task, err) from None
+    setup_task(task, raw)
     max_length = task.config.max_length or max_length
     preprocess = {"train": task.preprocess, "eval": task.preprocess_eval}
     kwargs = {"tokenizer": tokenizer, "max_length": max_length}
@@ -174,6 +170,20 @@ def prepare_task_data(task: Task, tokenizer, max_length: int, main_process_first
     if train_features is not None and len(train_features) == 0:
         raise DataError(f"task {task.name!r}: no training features after tokenization")
     return TaskData(train=train_features, eval_features=features.get("eval"), eval_examples=raw.get("eval"))
+
+
+def setup_task(task: Task, raw: dict[str, datasets.Dataset]) -> None:
+    """`task.setup` on its raw splits (by role: ``train``, ``eval``), under the user's split names so
+    that its errors name them; a bad row it finds is named by its file and line.
+
+    Raises:
+        DataError: a column is missing, or a row holds a value the task cannot use.
+    """
+    roles = {"train": task.config.train_split, "eval": task.config.eval_split}
+    try:
+        task.setup({roles[role]: ds for role, ds in raw.items()})
+    except BadRowError as err:
+        raise _located(task, err) from None
 
 
 def _located(task: Task, err: BadRowError) -> BadRowError:
