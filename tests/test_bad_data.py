@@ -141,6 +141,34 @@ def test_a_null_word_list_names_its_line(tiny_encoder_dir, tmp_path, capsys):
     assert f"task 'ner': {files['train']!r} line 4 (split 'train', row 3): column 'tokens' is null" in last
 
 
+def test_a_row_its_task_cannot_preprocess_is_named(tiny_encoder_dir, tmp_path, capsys):
+    """Found by preprocessing the rows again, once the tokenization failed: the task's own message."""
+    bad = '{"tokens": ["Peter", "Blackburn"], "ner_tags": ["B-PER"]}'
+    files = _files(tmp_path, "conll2003", _with_bad_line("conll2003", 4, bad))
+    last = _train_error(tmp_path, tiny_encoder_dir, {"ner": {**TASK_CONFIGS["ner"], "data_files": files}}, capsys)
+    assert (
+        last
+        == f"error: task 'ner': {files['train']!r} line 4 (split 'train', row 3): an example has 2 words but 1 tags"
+    )
+
+
+def test_a_row_that_breaks_preprocessing_is_named_with_the_error(tiny_encoder_dir, tmp_path, capsys):
+    rows = _rows("squad", "train", 12)
+    rows[6]["answers"] = {"text": rows[6]["answers"]["text"]}  # no answer_start: read as null
+    files = _files(tmp_path, "squad", [json.dumps(r) for r in rows], n=12)
+    last = _train_error(tmp_path, tiny_encoder_dir, {"squad": {**TASK_CONFIGS["squad"], "data_files": files}}, capsys)
+    assert last.startswith(
+        f"error: task 'squad': {files['train']!r} line 7 (split 'train', row 6): cannot be preprocessed ("
+    )
+
+
+def test_a_failure_of_every_row_is_no_rows_fault(tiny_encoder_dir, tmp_path, capsys):
+    """Every row with a tag outside the label set: the task's message as it is, with no line to blame."""
+    ner = {**TASK_CONFIGS["ner"], "label_names": ["X"]}
+    last = _train_error(tmp_path, tiny_encoder_dir, {"ner": ner}, capsys)
+    assert last.startswith("error: task 'ner': label 'B-ORG' is not in the label set ['X']")
+
+
 @pytest.mark.parametrize(
     ("bad", "problem"),
     [

@@ -149,6 +149,33 @@ def test_a_skipped_step_leaves_the_balancer_state_untouched(tiny_encoder_dir, tm
     assert _finite(trainer.unwrapped_model())
 
 
+def test_the_guard_reads_the_device_once_per_optimizer_step(tiny_encoder_dir, tmp_path, monkeypatch):
+    """Not once per task nor per micro-batch: every task of an all-tasks step, two micro-batches each."""
+    from hfmtl.training.nonfinite import NonfiniteGuard
+
+    reads = []
+    decide = NonfiniteGuard.step_is_finite
+    monkeypatch.setattr(NonfiniteGuard, "step_is_finite", lambda self, i: reads.append(i) or decide(self, i))
+    config = make_config(tiny_encoder_dir, tmp_path / "out", TWO_TASKS, max_steps=3, gradient_accumulation_steps=2)
+    config["balancing"] = {"step": "all_tasks", "method": "equal"}
+    run_recipe(write_config(tmp_path / "run.yaml", config))
+    assert reads == [0, 1, 2]
+
+
+def test_skip_is_refused_where_the_optimizer_steps_inside_backward():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from hfmtl import ConfigError
+    from hfmtl.training.nonfinite import NonfiniteGuard
+
+    deepspeed = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="train.nonfinite=skip cannot apply under DeepSpeed"):
+        NonfiniteGuard(deepspeed, "skip")
+    assert NonfiniteGuard(deepspeed, "error").mode == "error"
+
+
 def test_nonfinite_is_a_checked_choice(tiny_encoder_dir, tmp_path):
     from hfmtl import ConfigError, load_config
 

@@ -50,7 +50,7 @@ def check_model_path(name: str, key: str) -> str:
 
     path = Path(name).expanduser()
     if path.is_dir():
-        return str(path)
+        return str(path) if name.startswith("~") else name  # as written: it is saved in the config
     if path.exists():
         raise ConfigError(f"{key}={name!r} is a file; give the directory a model was saved into (or a Hub id)")
     try:

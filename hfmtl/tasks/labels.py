@@ -132,6 +132,7 @@ def check_numeric_targets(task: Task, splits: dict[str, Any], target_column: str
                 raise BadRowError(task.name, split, row, target_column, problem)
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _TARGET_RULE = "a regression target must be a finite number: fix or remove the row"
 
 
@@ -149,7 +150,7 @@ def _target_problem(value: Any) -> str | None:
         return f"is NaN; {_TARGET_RULE}"
     if math.isinf(number):
         return f"is {number}; {_TARGET_RULE}"
-    if abs(number) > np.finfo(np.float32).max:
+    if abs(number) > _FLOAT32_MAX:
         return f"is {value!r}, beyond float32 (the precision of training); {_TARGET_RULE}"
     return None
 

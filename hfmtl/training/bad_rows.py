@@ -81,28 +81,34 @@ def describe_unreadable(files: list[str], builder: str) -> str | None:
 
 
 def first_failing_row(ds: Any, preprocess: Callable[..., Any], kwargs: dict[str, Any], chunk: int = 1000) -> int | None:
-    """The first row of `ds` that `preprocess` (a task's batched preprocessing) fails on, or None when no
-    row fails alone. Chunks first, then the rows of the failing chunk: it runs only after a failure."""
-    errors = (TypeError, ValueError, KeyError, IndexError)
-    for start in range(0, len(ds), chunk):
+    """The first row of `ds` that `preprocess` (a task's batched preprocessing) fails on alone, when the
+    failure is the row's own: None when no row fails alone, or when the first failing row is the first
+    row and none of the rows after it (in its chunk) passes, i.e. when every row fails alike (a tokenizer
+    the task cannot use is no row's fault). Chunks first, then rows: it runs only after a failure."""
+
+    def fails(start: int, stop: int) -> bool:
         try:
-            preprocess(ds[start : start + chunk], **kwargs)
+            preprocess(ds[start:stop], **kwargs)
+        except (TypeError, ValueError, KeyError, IndexError):  # an HfmtlError is a ValueError too
+            return True
+        return False
+
+    for start in range(0, len(ds), chunk):
+        stop = min(start + chunk, len(ds))
+        if not fails(start, stop):
             continue
-        except errors:
-            pass
-        for row in range(start, min(start + chunk, len(ds))):
-            try:
-                preprocess(ds[row : row + 1], **kwargs)
-            except errors:
-                return row
+        row = next((r for r in range(start, stop) if fails(r, r + 1)), None)
+        if row == 0 and all(fails(r, r + 1) for r in range(1, stop)):
+            return None
+        return row
     return None
 
 
 @contextlib.contextmanager
 def reader_logs_silenced() -> Iterator[None]:
-    """No log line from `datasets`' JSON reader while a split loads: it logs its failure before raising
-    it, and the error raised from that names the file and line in one line of its own."""
-    reader = logging.getLogger("datasets.packaged_modules.json.json")
+    """No log line from `datasets`' file readers (JSON, CSV, Parquet...) while a split loads: they log a
+    failure before raising it, and the error made of that names the file and line in a line of its own."""
+    reader = logging.getLogger("datasets.packaged_modules")
     level = reader.level
     reader.setLevel(logging.CRITICAL)
     try:

@@ -158,13 +158,14 @@ def prepare_task_data(task: Task, tokenizer, max_length: int, main_process_first
                     remove_columns=ds.column_names,
                     desc=f"Tokenizing {task.name} {roles[role]}",
                 )
-            except HfmtlError:
-                raise
             except (TypeError, ValueError, KeyError, IndexError) as err:  # a row the task's checks let through
                 row = first_failing_row(ds, preprocess[role], kwargs)
-                if row is None:
+                if row is None:  # no row's own failure
                     raise
-                problem = f"cannot be preprocessed ({type(err).__name__}: {err})".replace("\n", " ")
+                if isinstance(err, HfmtlError):  # the task's own message, then the place
+                    problem = str(err).removeprefix(f"task {task.name!r}: ")
+                else:
+                    problem = f"cannot be preprocessed ({type(err).__name__}: {err})".replace("\n", " ")
                 raise _located(task, BadRowError(task.name, roles[role], row, None, problem)) from err
     train_features = features.get("train")
     if train_features is not None and len(train_features) == 0:

@@ -23,8 +23,9 @@ import logging
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 
 logger = logging.getLogger("hfmtl")
 
@@ -38,9 +39,18 @@ class NonfiniteGuard:
 
     Attributes:
         skipped_steps: the optimizer steps skipped so far (``skip`` only).
+
+    Raises:
+        ConfigError: ``skip`` under DeepSpeed, whose engine steps the optimizer inside the backward pass,
+            before the guard can decide.
     """
 
     def __init__(self, accelerator: Accelerator, mode: str):
+        if mode == "skip" and accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ConfigError(
+                "train.nonfinite=skip cannot apply under DeepSpeed (its engine steps the optimizer inside the "
+                "backward pass, before the losses are checked); use train.nonfinite=error"
+            )
         self.accelerator, self.mode = accelerator, mode
         self.skipped_steps = 0
         self._task_names: list[str] = []
@@ -80,9 +90,9 @@ class NonfiniteGuard:
         step = step_index + 1
         if not self.skips:
             raise TrainingError(
-                f"task {task_name!r}: the training loss is {value} at optimizer step {step}{others}; the step was "
-                "not applied. Look for extreme values in its data, lower train.learning_rate, or set "
-                "train.nonfinite=skip to skip such steps"
+                f"task {task_name!r}: the training loss is {value} at optimizer step {step}{others}; the run stops "
+                "before anything of it is saved. Look for extreme values in its data, lower train.learning_rate, "
+                "or set train.nonfinite=skip to skip such steps"
             )
         self.skipped_steps += 1
         logger.warning(
