@@ -11,6 +11,7 @@ tiny encoder and real data slices.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -30,6 +31,16 @@ from hfmtl.run_record import RunRecord
 from hfmtl.training.checkpointing import list_checkpoints
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
+
+@pytest.fixture(autouse=True)
+def _log_to_this_test_s_stderr():
+    """`setup_logging` keeps the stream handler it made first, bound to the stderr of the test that made
+    it (pytest gives each test its own): drop it, so a test that reads its stderr finds its own logs there."""
+    logger = logging.getLogger("hfmtl")
+    for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+        logger.removeHandler(handler)
+
 
 # The best evaluation must be far from the last one, or "the best model" and "the last weights" would be
 # the same file. The STS-B mse falls steadily on these slices; preferring the HIGHEST mse makes the first

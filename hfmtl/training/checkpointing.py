@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import ConfigError, HfmtlError
 from ..files import replace_directory
 from .batches import TaskBatches
+from .checkpoint_run import checkpoint_run_id, write_checkpoint_run
 from .sampling import TaskSampler
 
 logger = logging.getLogger("hfmtl")
@@ -30,38 +31,47 @@ def checkpoints_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+def list_checkpoints(output_dir: str | Path, run_id: str | None = None) -> list[Path]:
+    """Complete checkpoints, oldest first; only those of the run `run_id`, when given."""
     root = checkpoints_dir(output_dir)
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return [p for _, p in sorted(found) if run_id is None or checkpoint_run_id(p) == run_id]
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    checkpoints = list_checkpoints(output_dir)
+def latest_checkpoint(output_dir: str | Path, run_id: str | None = None) -> Path | None:
+    checkpoints = list_checkpoints(output_dir, run_id)
     return checkpoints[-1] if checkpoints else None
 
 
-def resolve_resume_path(value: str | None, output_dir: str | Path) -> Path | None:
+def resolve_resume_path(value: str | None, output_dir: str | Path, run_id: str | None = None) -> Path | None:
     """`train.resume_from_checkpoint` -> a checkpoint directory (None: start fresh).
 
     'latest' means the newest complete checkpoint in output_dir, or a fresh start when there is none
-    yet (so one command both starts and resumes a run).
+    yet (so one command both starts and resumes a run); with `run_id`, the newest of that run's.
     """
     if value is None:
         return None
     if value == "latest":
-        return latest_checkpoint(output_dir)
+        return latest_checkpoint(output_dir, run_id)
     path = Path(value)
     if not path.is_dir():
         raise ConfigError(f"train.resume_from_checkpoint={value!r} is not a directory (or use 'latest')")
     return path
 
 
-def save_checkpoint(accelerator, output_dir: str | Path, step: int, save_total_limit: int | None) -> Path:
-    """Write a checkpoint atomically and keep only the newest `save_total_limit`. Call on every process."""
+def save_checkpoint(
+    accelerator,
+    output_dir: str | Path,
+    step: int,
+    save_total_limit: int | None,
+    run_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically and keep only the newest `save_total_limit` (of the run `run_id`, when
+    given: another run's checkpoints are never rotated out). `run_id` and `extra` are recorded in the
+    checkpoint (checkpoint_run.py). Call on every process."""
     final = checkpoints_dir(output_dir) / f"checkpoint-{step}"
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
@@ -71,9 +81,10 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, save_total_l
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        write_checkpoint_run(tmp, run_id, extra)
         replace_directory(tmp, final)
         if save_total_limit:
-            for old in list_checkpoints(output_dir)[:-save_total_limit]:
+            for old in list_checkpoints(output_dir, run_id)[:-save_total_limit]:
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
