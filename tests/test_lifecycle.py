@@ -352,6 +352,33 @@ def test_a_second_run_is_refused_and_a_dead_owner_s_lock_is_taken_over(tiny_enco
 # --- killing the launcher ------------------------------------------------------------------------------
 
 
+def _launch_two_processes(cfg: Path, *overrides: str, log: Path) -> subprocess.Popen:
+    """recipes/train.py under `accelerate launch`, two gloo processes on the CPU (see tests/test_distributed.py)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    cmd = [
+        *(accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"),
+        *("--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)),
+        *(str(REPO_ROOT / "recipes" / "train.py"), "--cpu", "--config", str(cfg), *overrides),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as stream:
+        return subprocess.Popen(cmd, stdout=stream, stderr=stream, env=env, cwd=REPO_ROOT, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_a_resume_with_another_number_of_processes_is_refused(interrupted, tmp_path):
+    cfg, out = interrupted  # one process wrote checkpoint-4
+    before = _snapshot(out)
+    launcher = _launch_two_processes(cfg, "train.resume_from_checkpoint=latest", log=tmp_path / "launcher.log")
+    assert launcher.wait(timeout=600) != 0
+    log = (tmp_path / "launcher.log").read_text()
+    assert "error: resuming from" in log and "number of processes (1 -> 2)" in log, log[-3000:]
+    assert _snapshot(out) == before
+
+
 def _running(process) -> bool:
     import psutil
 
@@ -370,18 +397,7 @@ def test_killing_the_launcher_stops_its_workers(tiny_encoder_dir, tmp_path):
         tmp_path / "run.yaml",
         make_config(tiny_encoder_dir, out, STSB, max_steps=100_000, eval_steps=None, logging_steps=1000),
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    cmd = [
-        *(accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"),
-        *("--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)),
-        *(str(REPO_ROOT / "recipes" / "train.py"), "--cpu", "--config", str(cfg)),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(tmp_path / "launcher.log", "w") as log:
-        launcher = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=REPO_ROOT, start_new_session=True)
+    launcher = _launch_two_processes(cfg, log=tmp_path / "launcher.log")
     workers = []
     try:
         deadline = time.time() + 300

@@ -224,7 +224,7 @@ def resume_run(trainer: MultiTaskTrainer) -> ResumePoint:
         return ResumePoint(finishing=True)
     checkpoint = resolve_resume_path(value, output_dir, earlier.run_id if earlier and value == "latest" else None)
     if checkpoint is None:
-        record.run_id = uuid.uuid4().hex
+        record.run_id = _new_run_id()
         return ResumePoint()
     finished_steps = earlier.train["steps"] if earlier is not None and earlier.finished else None
     if finished_steps is not None and not (args.resume_extend_max_steps and trainer.total_steps > finished_steps):
@@ -241,7 +241,7 @@ def resume_run(trainer: MultiTaskTrainer) -> ResumePoint:
     check_resume(checkpoint, stamp["extra"], trainer.config, trainer.accelerator, trainer.total_steps)
     trainer.accelerator.load_state(str(checkpoint))
     step = trainer.state.global_step
-    record.run_id = stamp.get("run_id") or uuid.uuid4().hex
+    record.run_id = stamp.get("run_id") or _new_run_id()
     # evaluations after the checkpoint were made by the run that crashed: they are made again
     same_run = earlier is not None and earlier.run_id in (None, record.run_id)
     record.history = earlier.history_until(step) if same_run else []
@@ -284,6 +284,13 @@ def _restore_best_of_finished_run(trainer: MultiTaskTrainer, earlier: RunRecord,
     trainer.unwrapped_model().load_weights(trainer.output_dir)
     save_best(trainer.accelerator, trainer.model, trainer.output_dir, state.best_step, run_id)
     trainer.accelerator.load_state(str(checkpoint))
+
+
+def _new_run_id() -> str:
+    """A new run id, the main process's on every process (each would draw its own)."""
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([uuid.uuid4().hex])[0]
 
 
 def _is_safe(key: str) -> bool:
