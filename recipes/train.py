@@ -36,7 +36,7 @@ from hfmtl.publish.callbacks import HubPushCallback, ModelCardCallback
 from hfmtl.training.callbacks import TrackersCallback, TrainerCallback
 from hfmtl.training.data import load_tokenizer, prepare_task_data
 from hfmtl.training.launcher import die_with_launcher
-from hfmtl.training.resume import check_finished_run
+from hfmtl.training.resume_contract import check_finished_run
 from hfmtl.training.run_dir import start_over
 from hfmtl.training.run_lock import hold_run_lock
 from hfmtl.training.setup import build_accelerator, check_output_dir, logger, setup_logging

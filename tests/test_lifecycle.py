@@ -104,6 +104,12 @@ def test_rerunning_a_finished_run_changes_nothing(tiny_encoder_dir, tmp_path, ca
     assert "holds a finished run" in capsys.readouterr().out
     assert _snapshot(out) == before  # the same files, byte for byte, none written again
 
+    # the same command with another learning rate did not train that run: refused, and nothing written
+    reset_accelerate_state()
+    assert cli.main(["train", str(cfg), "train.resume_from_checkpoint=latest", "train.learning_rate=0.01"]) == 2
+    assert "finished run trained with other settings: train.learning_rate (0.001 -> 0.01)" in _one_line_error(capsys)
+    assert _snapshot(out) == before
+
 
 def _crash_after_final_save(monkeypatch):
     from hfmtl.training.trainer import MultiTaskTrainer
@@ -199,7 +205,10 @@ def interrupted(tiny_encoder_dir, tmp_path) -> tuple[Path, Path]:
     ("overrides", "keys"),
     [
         (["train.learning_rate=0.002"], ["train.learning_rate"]),
-        (["train.warmup_steps=2", "train.seed=1"], ["train.seed", "train.warmup_steps"]),
+        (
+            ["train.warmup_steps=2", "train.seed=1", "sampling.strategy=uniform"],
+            ["sampling.strategy", "train.seed", "train.warmup_steps"],
+        ),
         (["train.per_device_train_batch_size=4"], ["train.per_device_train_batch_size"]),
         (["tasks.stsb.max_train_samples=32"], ["tasks.stsb.max_train_samples"]),
     ],

@@ -117,15 +117,17 @@ def hold_run_lock(output_dir: str | os.PathLike, accelerator) -> Iterator[RunLoc
     a refusal is raised on every process. Yields the lock (None on the other processes)."""
     from accelerate.utils import broadcast_object_list
 
-    lock, refusal = None, [None]
+    lock, error = None, None
     if accelerator.is_main_process:
         try:
             lock = RunLock.acquire(output_dir)
-        except RunLockedError as err:
-            refusal = [str(err)]
-    broadcast_object_list(refusal)
-    if refusal[0] is not None:
-        raise RunLockedError(refusal[0])
+        except (HfmtlError, OSError) as err:  # raised below, once the other processes know
+            error = err
+    refusal = broadcast_object_list([None if error is None else str(error)])[0]
+    if error is not None:
+        raise error
+    if refusal is not None:
+        raise RunLockedError(refusal)
     try:
         yield lock
     finally:

@@ -38,7 +38,8 @@ from .evaluation import evaluate_tasks, metric_directions
 from .finishing import finish, finish_side_jobs
 from .loss_log import LossLog
 from .optimization import build_optimizer, build_scheduler, freeze_for_training
-from .resume import ResumePoint, resume_run, trained_with
+from .resume import ResumePoint, resume_run
+from .resume_contract import trained_with
 from .sampling import TaskSampler, steps_per_epoch
 from .steps import StepRunner, build_balancer
 
