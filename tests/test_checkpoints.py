@@ -200,6 +200,26 @@ def test_rotation_keeps_the_newest_k_and_never_for_a_later_run(tmp_path):
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-5", "checkpoint-9"]
 
 
+def test_a_crash_during_rotation_leaves_no_half_removed_checkpoint(tmp_path, monkeypatch):
+    _save_checkpoints(tmp_path, [1, 2])
+    real_rmtree = shutil.rmtree
+
+    def rmtree_killed_half_way(path, ignore_errors=False):
+        if ignore_errors:  # clearing leftovers
+            return real_rmtree(path, ignore_errors=True)
+        for name in (MANIFEST_NAME, "model.safetensors"):  # the removal got this far
+            (Path(path) / name).unlink()
+        raise KeyboardInterrupt("killed while removing an old checkpoint")
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree_killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        _save_checkpoints(tmp_path, [3], limit=2)
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
+    _save_checkpoints(tmp_path, [4], limit=2)  # the next rotation clears what was left
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-4"]
+
+
 # --- a real run of the recipe: a damaged newest checkpoint, then a resume --------------------------------
 
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, HfmtlError
-from ..files import replace_directory
+from ..files import TMP_SUFFIX, replace_directory
 from .batches import TaskBatches
 from .manifest import (
     CheckpointManifest,
@@ -147,7 +148,8 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint atomically, with its manifest, and keep only the newest `save_total_limit`.
-    Call on every process.
+    Call on every process. What crashed saves and removals left (``*.tmp`` beside the checkpoints) goes
+    once this checkpoint is in place.
 
     Args:
         accelerator: the run's Accelerator (its `save_state` writes the checkpoint).
@@ -165,7 +167,7 @@ def save_checkpoint(
         The checkpoint's directory.
     """
     final = checkpoints_dir(output_dir) / f"checkpoint-{step}"
-    tmp = final.with_name(final.name + ".tmp")
+    tmp = final.with_name(final.name + TMP_SUFFIX)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # a leftover from a crash
         tmp.mkdir(parents=True)
@@ -175,12 +177,23 @@ def save_checkpoint(
     if accelerator.is_main_process:
         write_manifest(tmp, step=step, run_id=run_id, num_processes=accelerator.num_processes, extra=extra)
         replace_directory(tmp, final)  # flushes every file and directory of tmp to disk, then renames
+        for leftover in final.parent.glob("*" + TMP_SUFFIX):  # of saves and removals a crash cut short
+            shutil.rmtree(leftover, ignore_errors=True)
         if save_total_limit:
             up_to_now = [p for p in list_checkpoints(output_dir) if checkpoint_step(p) <= step]
             for old in up_to_now[:-save_total_limit]:
-                shutil.rmtree(old)
+                _remove_checkpoint(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _remove_checkpoint(checkpoint: Path) -> None:
+    # Renamed out of the checkpoint names first: a crash in the middle of the removal must not leave a
+    # half-removed checkpoint-<step> (perhaps without its manifest, so unverifiable) for a resume to take.
+    doomed = checkpoint.with_name(checkpoint.name + ".old" + TMP_SUFFIX)
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(checkpoint, doomed)
+    shutil.rmtree(doomed)
 
 
 class TrainingState:
