@@ -4,10 +4,11 @@
 checkpointing.py): ``manifest.json`` lists every file with its size and sha256, the step, the run id, the
 number of processes that saved it (so which ``random_states_<rank>.pkl`` files must be there) and the
 caller's JSON metadata. `verify_checkpoint` reads every file back against it. Without it, a checkpoint
-damaged on disk fails in three bad ways: a same-size corruption (a flipped bit in ``optimizer.bin``)
-loads without an error and trains on NaN weights; a truncated file fails deep inside torch with a
-traceback that names neither the checkpoint nor the file; a missing RNG state makes Accelerate log one
-INFO line and resume with other random draws than the run it continues.
+damaged on disk fails in three bad ways: a same-size corruption of ``optimizer.bin`` loads without an
+error and the run goes on from a wrong state (NaN weights, where a block of it was overwritten); a
+truncated file fails deep inside torch with a traceback that names neither the checkpoint nor the file;
+a missing RNG state makes Accelerate log one INFO line and resume with other random draws than the run
+it continues.
 
 Example:
     >>> import tempfile, pathlib
