@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 from ..errors import ConfigError
 from ..run_record import RunRecord
 from .best_model import held_by_best, save_best
-from .checkpoint_run import read_checkpoint_run
 from .checkpointing import resolve_resume_path
+from .manifest import read_manifest
 from .resume_contract import EXTEND, check_finished_run, check_resume
 
 if TYPE_CHECKING:
@@ -82,7 +82,8 @@ def resume_run(trainer: MultiTaskTrainer) -> ResumePoint:
             f"{output_dir} holds a finished run: resuming {checkpoint} would train it again; set a larger "
             f"train.max_steps with {EXTEND} to train on, or use another train.output_dir"
         )
-    stamp = read_checkpoint_run(checkpoint) or {}
+    manifest = read_manifest(checkpoint)  # verified by resolve_resume_path
+    stamp = {} if manifest is None else {"run_id": manifest.run_id, "extra": manifest.extra}
     if not (stamp.get("extra") or {}).get("config"):
         raise ConfigError(
             f"{checkpoint} does not record the config it was trained with (a checkpoint of an older hfmtl), so "

@@ -1,6 +1,6 @@
 """The resume contract: a checkpoint continues only the training that wrote it.
 
-Every checkpoint records what its run trained with (`trained_with`, in the checkpoint: checkpoint_run.py):
+Every checkpoint records what its run trained with (`trained_with`, in the ``extra`` of the checkpoint's manifest: manifest.py):
 the resolved run config, the number of processes and the precision the run used, its length. A resume
 compares that with the config it is given, before it loads or writes anything (`check_resume`):
 

@@ -177,7 +177,12 @@ class MultiTaskTrainer:
             if args.save_steps and step % args.save_steps == 0:
                 extra = trained_with(self.config, self.accelerator, self.total_steps, step)
                 directory = save_checkpoint(
-                    self.accelerator, self.output_dir, step, args.save_total_limit, self.record.run_id, extra
+                    self.accelerator,
+                    self.output_dir,
+                    step,
+                    args.save_total_limit,
+                    run_id=self.record.run_id,
+                    extra=extra,
                 )
                 self.callbacks.on_save(self, step, directory)
         progress.close()
