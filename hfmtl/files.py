@@ -2,8 +2,10 @@
 
 Every file hfmtl writes into a run or model directory goes through here: the content is written to a
 temporary sibling, flushed to disk (`os.fsync`), then renamed over the target (`os.replace` is atomic on
-POSIX and Windows). A crash leaves the old file or the new one, plus at most a ``*.tmp`` sibling that
-nothing reads.
+POSIX and Windows), and the directory that holds it is flushed too, so that the rename itself survives a
+power loss. A crash leaves the old file or the new one, plus at most a ``*.tmp`` sibling that nothing
+reads. A directory (a checkpoint, a saved model) is written under a temporary name, flushed file by file
+(`fsync_tree`), then renamed into place (`replace_directory`).
 
 Example:
     >>> import tempfile, pathlib
@@ -45,12 +47,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -73,18 +75,60 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
 def replace_directory(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     """Put the finished directory `tmp` in the place of `final` (which may exist).
 
-    An existing `final` is first renamed aside and removed only after `tmp` took its place, so there is
-    no moment when neither is complete under a readable name.
+    Everything in `tmp` is flushed to disk first (`fsync_tree`): a rename is ordered before the data it
+    names only by that, so without it a power loss can leave `final` holding empty or partial files. An
+    existing `final` is renamed aside and removed only after `tmp` took its place, so there is no moment
+    when neither is complete under a readable name.
     """
     tmp, final = Path(tmp), Path(final)
+    fsync_tree(tmp)
     if not final.exists():
         os.replace(tmp, final)
+    else:
+        old = final.with_name(final.name + ".old" + TMP_SUFFIX)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_directory(final.parent)
+
+
+def fsync_tree(directory: str | os.PathLike) -> None:
+    """Flush every file under `directory`, then every directory in it (deepest first, `directory` last),
+    to disk.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (root / "weights.bin").write_bytes(b"...")
+        >>> fsync_tree(root)
+    """
+    for folder, _, names in os.walk(directory, topdown=False):
+        for name in names:
+            _fsync_file(Path(folder) / name)
+        fsync_directory(folder)
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Flush `directory`'s entries (the names created, renamed or removed in it) to disk. A no-op on
+    Windows, which cannot open a directory to flush it."""
+    if os.name == "nt":
         return
-    old = final.with_name(final.name + ".old" + TMP_SUFFIX)
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    # POSIX flushes a file through any descriptor, a read-only one too (so a file copied read-only into
+    # a model directory is no obstacle); Windows only through one opened for writing.
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _finite(value: Any) -> Any:

@@ -1,8 +1,15 @@
 """The run record: ``metrics.json`` of a training, written and read through one class.
 
-A training writes its record after every evaluation and once more at the end, when the final model is
-saved (then `finished` is true). Everything that reads a run back (a resume, a staged run's next stage,
-cross-validation, the model card, ``hfmtl info``, the Hub upload) reads it through `RunRecord`.
+A training writes its record when it starts (its run id), after every evaluation, and twice at the end:
+once the final model is saved (`train` is set, and `finishing`: the side jobs -- the model card, a Hub
+push -- are still to run), and once they ran (`finishing` is dropped: the run is `finished`, and final:
+a re-run of its command trains nothing). Everything that reads a run back (a resume, a staged run's next
+stage, cross-validation, the model card, ``hfmtl info``, the Hub upload) reads it through `RunRecord`.
+
+`finishing` is not in metrics.json but beside it, in the hidden file ``.hfmtl-finishing``: the Hub push
+among the side jobs uploads metrics.json, which must already be the final one, and leaves hidden files
+out. The file is created before metrics.json gains `train` and removed after: its removal is the run's
+completion marker, the last thing a training writes.
 
 The file::
 
@@ -10,7 +17,8 @@ The file::
      "best": {"step": 40, "metric": "eval/mean", "value": 0.58},
      "main_metrics": {"rte": "accuracy", ...},
      "greater_is_better": {"eval/rte/accuracy": true, ..., "eval/mean": true},
-     "train": {"steps": 80, "runtime_seconds": ..., "mixed_precision": "no", ...,  # once finished
+     "run_id": "5f0c...",                                                 # one per training
+     "train": {"steps": 80, "runtime_seconds": ..., "mixed_precision": "no", ...,  # once the model is saved
                "nonfinite_skipped_steps": 0}}                  # steps train.nonfinite=skip skipped
 
 A staged run's root directory holds a summary of its stages instead (`write_stages_summary`).
@@ -33,9 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HfmtlError
-from .files import write_json_atomic
+from .files import write_bytes_atomic, write_json_atomic
 
 FILE_NAME = "metrics.json"
+FINISHING_FILE = ".hfmtl-finishing"
 
 
 @dataclass
@@ -52,6 +61,10 @@ class RunRecord:
         train: set when the final model was saved: steps, runtimes, peak memory, the precision,
             compilation and process count the run used, and the optimizer steps skipped for a
             non-finite loss (``nonfinite_skipped_steps``, with ``train.nonfinite: skip``).
+        run_id: the training's id (a uuid): its checkpoints carry it, so that a resume and checkpoint
+            rotation never take another run's checkpoint for one of this run's.
+        finishing: the final model and this record are saved, the side jobs of the end (card, push) not
+            yet: a resume only runs those (kept in ``.hfmtl-finishing``, see above).
     """
 
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -61,11 +74,19 @@ class RunRecord:
     main_metrics: dict[str, str] = field(default_factory=dict)
     greater_is_better: dict[str, bool] = field(default_factory=dict)
     train: dict[str, Any] | None = None
+    run_id: str | None = None
+    finishing: bool = False
+
+    @property
+    def trained(self) -> bool:
+        """Whether the training ended and saved its final model (it writes `train` only then)."""
+        return self.train is not None
 
     @property
     def finished(self) -> bool:
-        """Whether the training ended and saved its final model (it writes `train` only then)."""
-        return self.train is not None
+        """Whether the run is complete and final: its final model saved and every side job of its end
+        run (the completion marker is the last write of the record, which drops `finishing`)."""
+        return self.train is not None and not self.finishing
 
     def evaluation(self, step: int) -> dict[str, Any] | None:
         """The evaluation at `step`, if there was one."""
@@ -93,6 +114,8 @@ class RunRecord:
             "main_metrics": self.main_metrics,
             "greater_is_better": self.greater_is_better,
         }
+        if self.run_id is not None:
+            data["run_id"] = self.run_id
         if self.train is not None:
             data["train"] = self.train
         return data
@@ -110,12 +133,17 @@ class RunRecord:
             main_metrics=dict(data.get("main_metrics") or {}),
             greater_is_better=dict(data.get("greater_is_better") or {}),
             train=data.get("train"),
+            run_id=data.get("run_id"),
         )
 
     def write(self, directory: str | os.PathLike) -> Path:
-        """Write ``metrics.json`` into `directory` (atomically); returns its path."""
-        path = Path(directory) / FILE_NAME
+        """Write ``metrics.json`` into `directory` (atomically), and `finishing` beside it; returns its path."""
+        path, marker = Path(directory) / FILE_NAME, Path(directory) / FINISHING_FILE
+        if self.finishing:  # first: a record with `train` must never be read as finished too early
+            write_bytes_atomic(marker, b"")
         write_json_atomic(path, self.to_dict())
+        if not self.finishing:
+            marker.unlink(missing_ok=True)  # the completion marker
         return path
 
     @classmethod
@@ -126,7 +154,10 @@ class RunRecord:
             HfmtlError: the file is not valid JSON, or `directory` is the root of a staged run (whose
                 record is a summary of its stages: the message names the stage that holds the model).
         """
-        return cls.read_file(Path(directory) / FILE_NAME)
+        record = cls.read_file(Path(directory) / FILE_NAME)
+        if record is not None:
+            record.finishing = (Path(directory) / FINISHING_FILE).is_file()
+        return record
 
     @classmethod
     def read_file(cls, path: str | os.PathLike | None) -> RunRecord | None:

@@ -5,11 +5,13 @@
     python recipes/train.py --config configs/tiny.yaml train.max_steps=20
 
 Reads top to bottom: config -> Accelerator -> tasks -> data -> model (+ init_from, + PEFT) -> the
-callbacks the config asks for -> trainer -> saved model. The output directory gets the model
+callbacks the config asks for -> the output directory's lock -> trainer -> the resume, checked against
+the checkpoint's config -> saved model. The output directory gets the model
 (`save_pretrained` + tokenizer), `config.yaml` (the resolved run config), `metrics.json` (every
 evaluation of every task), `README.md` (the model card), `train.log` and `checkpoints/`.
 A config with `stages:` runs this once per stage, each stage in `<output_dir>/<stage>/` and starting
-from the stage before it (see hfmtl/config/stages.py).
+from the stage before it (see hfmtl/config/stages.py). With ``train.resume_from_checkpoint=latest`` one
+command starts, resumes, or -- for a finished run -- leaves the run as it is (hfmtl/training/resume.py).
 Reload with ``import hfmtl; transformers.AutoModel.from_pretrained(output_dir)``.
 """
 
@@ -33,8 +35,17 @@ from hfmtl.model.transfer import initialize_from
 from hfmtl.publish.callbacks import HubPushCallback, ModelCardCallback
 from hfmtl.training.callbacks import TrackersCallback, TrainerCallback
 from hfmtl.training.data import load_tokenizer, prepare_task_data
+from hfmtl.training.launcher import die_with_launcher
+from hfmtl.training.resume_contract import check_finished_run
+from hfmtl.training.run_dir import start_over
+from hfmtl.training.run_lock import hold_run_lock
 from hfmtl.training.setup import build_accelerator, check_output_dir, logger, setup_logging
 from hfmtl.training.trainer import MultiTaskTrainer
+
+# A worker of `accelerate launch` / torchrun ends when the launcher is killed, instead of training on as
+# an orphan that holds the run's lock and its devices (hfmtl/training/launcher.py). Nothing to do
+# without a launcher.
+die_with_launcher()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,8 +72,12 @@ def run(args: argparse.Namespace, callbacks: Sequence[TrainerCallback] = ()) -> 
 
     trainer = accelerator = None
     for stage in stages:
-        if stage.skip:
-            print(f"Stage {stage.name!r} finished in an earlier run: skipped ({stage.output_dir})")
+        if stage.skip:  # finished: final, as long as the config is the one it was trained with
+            check_finished_run(stage.config, stage.output_dir)
+            if stage.name is None:
+                print(f"{stage.output_dir} holds a finished run: nothing to train, nothing written")
+            else:
+                print(f"Stage {stage.name!r} finished in an earlier run: skipped ({stage.output_dir})")
             continue
         # 2. Accelerate owns devices, processes, precision and compilation: the config's settings, else
         #    the launcher's (one Accelerator per stage: its own trackers, checkpoints and DDP settings;
@@ -72,7 +87,9 @@ def run(args: argparse.Namespace, callbacks: Sequence[TrainerCallback] = ()) -> 
             logger.info("=== stage %r: tasks %s ===", stage.name, list(stage.config.tasks))
         trainer = train_stage(stage.config, accelerator, callbacks)
     if config.stages is not None and (accelerator is None or accelerator.is_main_process):
-        write_stages_summary(config, stages)
+        # a re-run of a finished staged run writes nothing (unless a kill came before the summary)
+        if any(not stage.skip for stage in stages) or not (Path(config.train.output_dir) / "metrics.json").is_file():
+            write_stages_summary(config, stages)
         print(f"Stages finished; the final model is in {stages[-1].output_dir}")
     if accelerator is not None:
         accelerator.end_training()
@@ -138,20 +155,28 @@ def train_stage(config: RunConfig, accelerator, callbacks: Sequence[TrainerCallb
             total_steps=config.train.max_steps or 0,
         )
 
-    # 5. Everything checked: now the output directory is written.
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "config.yaml")
-    accelerator.wait_for_everyone()
-    setup_logging(accelerator, output_dir / "train.log")
-
-    # 6. Train: sample a task per step, evaluate every task every eval_steps, checkpoint, save; then the
-    #    side jobs: the model card, the gradient-similarity plot, the Hub push, the trackers' end.
+    # 5. One run at a time in output_dir: a lock, held to the end (hfmtl/training/run_lock.py). Then the
+    #    trainer, and the checkpoint to resume: accepted only if it continues this same training -- a
+    #    changed learning rate, task or seed is an error here, before anything is written
+    #    (hfmtl/training/resume.py). A fresh start with overwrite_output_dir first removes an older
+    #    run's files (hfmtl/training/run_dir.py).
     side_jobs = [*callbacks_for(config), *callbacks]
-    trainer = MultiTaskTrainer(model, tasks, data, tokenizer, config, accelerator, side_jobs)
-    history = trainer.train()
+    with hold_run_lock(output_dir, accelerator):
+        trainer = MultiTaskTrainer(model, tasks, data, tokenizer, config, accelerator, side_jobs)
+        resume_point = trainer.resume()
+        if accelerator.is_main_process:
+            if config.train.overwrite_output_dir and not resume_point.resumed:
+                start_over(output_dir)
+            # 6. Everything checked: now the output directory is written.
+            save_config(config, output_dir / "config.yaml")
+        accelerator.wait_for_everyone()
+        setup_logging(accelerator, output_dir / "train.log")
 
-    # 7. Report the evaluation of the saved weights.
+        # 7. Train: sample a task per step, evaluate every task every eval_steps, checkpoint, save; then the
+        #    side jobs: the model card, the gradient-similarity plot, the Hub push, the trackers' end.
+        history = trainer.train()
+
+    # 8. Report the evaluation of the saved weights.
     if history and accelerator.is_main_process:
         saved_step = trainer.state.best_step if config.train.load_best_model_at_end else history[-1]["step"]
         saved = next((e for e in history if e["step"] == saved_step), history[-1])

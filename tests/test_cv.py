@@ -19,6 +19,7 @@ import yaml
 from conftest import TASK_CONFIGS, CrashAt, make_config, reset_accelerate_state, write_config
 
 from hfmtl import cli
+from hfmtl.config.stages import stage_is_complete
 from hfmtl.errors import ConfigError
 from hfmtl.training.cross_validation import assign_folds, check_num_folds, saved_evaluation
 from hfmtl.training.trainer import MultiTaskTrainer
@@ -151,7 +152,7 @@ def test_rerun_with_resume_skips_finished_folds(cv_run, monkeypatch):
         patch.setattr(MultiTaskTrainer, "train", train_until_a_crash)
         with pytest.raises(KeyboardInterrupt):
             _cv(str(path), "--folds", str(FOLDS), "--output", str(out), "train.resume_from_checkpoint=latest")
-    assert not (out / "fold-1" / "metrics.json").exists()
+    assert not stage_is_complete(out / "fold-1")
     code, printed = _cv(str(path), "--folds", str(FOLDS), "--output", str(out), "train.resume_from_checkpoint=latest")
     assert code == 0
     assert "Fold 0 finished" in printed and "Fold 1 finished" not in printed

@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, TASK_CONFIGS, make_config, write_config
 
+from hfmtl.training.checkpointing import list_checkpoints
+from hfmtl.training.manifest import verify_checkpoint
+
 pytestmark = pytest.mark.slow
 
 WORKER = """
@@ -144,6 +147,9 @@ def test_two_process_cpu_run_stays_in_lockstep(variant, tiny_encoder_dir, tmp_pa
     assert records[0]["tasks"] == records[1]["tasks"]
     assert records[0]["batches"] == records[1]["batches"]
     assert records[0]["params"] == records[1]["params"]  # DDP kept the replicas identical
+    for checkpoint in list_checkpoints(out):  # whole, with the RNG state of both ranks in its manifest
+        manifest = verify_checkpoint(checkpoint)
+        assert manifest.num_processes == 2 and {"random_states_0.pkl", "random_states_1.pkl"} <= set(manifest.files)
     metrics = json.loads((out / "metrics.json").read_text())
     assert [e["step"] for e in metrics["history"]] == [4, 8]
     # evaluation gathered every eval example once from both ranks: accuracy is a multiple of 1/32

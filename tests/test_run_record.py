@@ -29,6 +29,22 @@ def test_a_record_round_trips_and_knows_what_was_saved(tmp_path):
     assert RunRecord.read(tmp_path).finished
 
 
+def test_a_record_is_finished_only_once_its_finishing_is_dropped(tmp_path):
+    """The end of a run writes the record twice: with `train` and `finishing` (the side jobs still to run),
+    then without `finishing`. metrics.json is the same both times: `finishing` lives in a hidden file, so
+    that a Hub push among the side jobs uploads the final metrics.json."""
+    record = RunRecord(history=HISTORY, best_step=5, best_value=0.6, train={"steps": 10}, run_id="r1")
+    record.finishing = True
+    record.write(tmp_path)
+    during = (tmp_path / "metrics.json").read_bytes()
+    again = RunRecord.read(tmp_path)
+    assert again.trained and again.finishing and not again.finished and again.run_id == "r1"
+    record.finishing = False
+    record.write(tmp_path)
+    assert RunRecord.read(tmp_path).finished and (tmp_path / "metrics.json").read_bytes() == during
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
 def test_records_of_older_runs_read_the_same():
     old = {"history": HISTORY, "best": {"step": 5, "eval/mean": 0.6}, "main_metrics": {"rte": "accuracy"}}
     record = RunRecord.from_dict(old)

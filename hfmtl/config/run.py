@@ -75,6 +75,7 @@ class RunConfig:
             whole_run = (
                 "output_dir",
                 "resume_from_checkpoint",
+                "resume_extend_max_steps",
                 "overwrite_output_dir",
                 "mixed_precision",
                 "torch_compile",

@@ -53,10 +53,16 @@ def plan_stages(config: RunConfig) -> list[Stage]:
     """The stages to train, in order, each with its own validated config (one stage if none are given).
 
     Resuming (`train.resume_from_checkpoint`) is resolved here too: finished stages are marked to be
-    skipped, the stage that was interrupted resumes, and the ones after it start fresh.
+    skipped, the stage that was interrupted resumes, and the ones after it start fresh. A config without
+    stages is one stage: with ``latest``, a finished run is skipped (a finished run is final). A finished
+    stage trains on instead when ``train.resume_extend_max_steps`` asks for more steps than it trained,
+    which only the last stage may (later stages started from it).
     """
     if config.stages is None:
-        return [Stage(None, config)]
+        stage = Stage(None, config)
+        if config.train.resume_from_checkpoint == "latest":
+            _plan_resume([stage], "latest")
+        return [stage]
     base = config.to_dict()
     del base["stages"]
     root = Path(config.train.output_dir)
@@ -92,9 +98,19 @@ def plan_stages(config: RunConfig) -> list[Stage]:
 
 
 def stage_is_complete(output_dir: str | Path) -> bool:
-    """True when a training finished in `output_dir`: its run record says the final model is saved."""
+    """True when a training finished in `output_dir`: its run record says the run is complete (its
+    final model saved and the side jobs of its end done)."""
     record = RunRecord.read(output_dir)
     return record is not None and record.finished
+
+
+def _trains_on(stage: Stage) -> bool:
+    """A finished stage asked to train on: ``resume_extend_max_steps`` and more steps than it trained."""
+    train = stage.config.train
+    record = RunRecord.read(stage.output_dir)
+    return bool(
+        train.resume_extend_max_steps and train.max_steps and record and train.max_steps > record.train["steps"]
+    )
 
 
 def _plan_resume(stages: list[Stage], resume: str | None) -> None:
@@ -102,10 +118,15 @@ def _plan_resume(stages: list[Stage], resume: str | None) -> None:
     if resume is None:
         return
     if resume == "latest":
-        for stage in stages:
-            if stage_is_complete(stage.output_dir):
+        for index, stage in enumerate(stages):
+            if stage_is_complete(stage.output_dir) and not _trains_on(stage):
                 stage.skip = True
                 continue
+            if stage_is_complete(stage.output_dir) and index < len(stages) - 1:
+                raise ConfigError(
+                    f"stage {stage.name!r} finished and later stages started from it: it cannot train on "
+                    "(train.resume_extend_max_steps); extend the last stage only, or use another train.output_dir"
+                )
             stage.config.train.resume_from_checkpoint = "latest"
             return
         return

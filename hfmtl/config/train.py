@@ -49,7 +49,12 @@ class TrainConfig:
 
     output_dir: str = field(metadata={"help": "Where the model, metrics, config, log and checkpoints go."})
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow writing into a non-empty output_dir (never when resuming)."}
+        default=False,
+        metadata={
+            "help": "Start over in a non-empty output_dir: an earlier hfmtl run's checkpoints, best model, metrics, "
+            "log and model files there are removed first (other files stay; a directory that holds no hfmtl run "
+            "loses nothing). A resume that finds its checkpoint wins over it."
+        },
     )
     seed: int = field(
         default=42, metadata={"help": "Seed of everything random: new heads, data order, task sampling, dropout."}
@@ -123,7 +128,20 @@ class TrainConfig:
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep the last K checkpoints."})
     logging_steps: int = field(default=50, metadata={"help": "Log the training losses every N steps."})
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A checkpoint directory, or 'latest' in output_dir."}
+        default=None,
+        metadata={
+            "help": "A checkpoint directory, or 'latest': the newest checkpoint of the run in output_dir (a fresh "
+            "start when there is none; nothing at all when that run finished). Refused when the config changes "
+            "what the checkpoint's run trained with (see resume_extend_max_steps)."
+        },
+    )
+    resume_extend_max_steps: bool = field(
+        default=False,
+        metadata={
+            "help": "With resume_from_checkpoint: accept another training length (max_steps, num_train_epochs) "
+            "than the checkpoint's run had, so that a finished or interrupted run trains on to the new length; "
+            "the learning-rate schedule is recomputed for it. Never fewer steps than were trained."
+        },
     )
     train_sampling_strategy: TrainSamplingStrategy = field(
         default="group_by_length",

@@ -229,7 +229,8 @@ def _variables(
         "base": base,
         "source": weights_source(saved),
         "peft_base_path": peft_base if saved.peft and hub_model_id(peft_base, search_roots(saved)) is None else None,
-        "in_progress": saved.record is not None and not saved.record.finished,
+        # a card written while a run finishes (its side jobs) describes the saved final model: not in progress
+        "in_progress": saved.record is not None and not saved.record.trained,
         "evaluation": evaluation,
         # the weights are the best evaluation's only when the training loaded it at the end
         "best_metric": saved.record.best_metric

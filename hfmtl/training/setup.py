@@ -33,6 +33,7 @@ from accelerate.utils import (
 
 from ..config import RunConfig
 from ..errors import ConfigError
+from .run_lock import LOCK_FILE
 
 logger = logging.getLogger("hfmtl")
 
@@ -140,12 +141,14 @@ def _refuse_precision_without_autocast(accelerator: Accelerator, source: str) ->
 
 
 def check_output_dir(config: RunConfig) -> None:
-    """Refuse to write into a non-empty output_dir unless resuming or told to overwrite."""
+    """Refuse to write into a non-empty output_dir unless resuming or told to overwrite. A run's lock file
+    alone does not count: whether its owner still runs is the lock's to say (run_lock.py)."""
     args = config.train
     path = Path(args.output_dir)
     if path.is_file():
         raise ConfigError(f"train.output_dir={args.output_dir!r} is a file")
-    if path.is_dir() and any(path.iterdir()) and not (args.resume_from_checkpoint or args.overwrite_output_dir):
+    written = path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir())
+    if written and not (args.resume_from_checkpoint or args.overwrite_output_dir):
         raise ConfigError(
             f"train.output_dir={args.output_dir!r} is not empty; set train.overwrite_output_dir=true, "
             "train.resume_from_checkpoint=latest, or another output_dir"

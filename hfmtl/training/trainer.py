@@ -3,12 +3,14 @@
 One optimizer step trains one task (drawn by the `TaskSampler`, the same on every process), or every task
 of the step under a balancing method: `StepRunner.step` (steps.py). Accelerate owns devices, processes,
 mixed precision, gradient accumulation and checkpoint I/O. This module owns the order of work: resume,
-steps, loss logging, per-task evaluation, the best-model choice, checkpoints and the final save. What
-happens around that order (the model card, Hub pushes, gradient similarity, trackers) are callbacks
-(callbacks.py), which recipes/train.py picks from the config.
+steps, loss logging, per-task evaluation, the best-model choice, checkpoints and the final save. The
+resume and its contract are resume.py's, the end of the run (in an order a kill may interrupt anywhere)
+finishing.py's. What happens around that order (the model card, Hub pushes, gradient similarity,
+trackers) are callbacks (callbacks.py), which recipes/train.py picks from the config.
 
 Example:
     >>> trainer = MultiTaskTrainer(model, tasks, data, tokenizer, config, accelerator, callbacks)  # doctest: +SKIP
+    >>> trainer.resume()  # the checkpoint to continue from, if any, accepted and loaded             # doctest: +SKIP
     >>> history = trainer.train()                                                                 # doctest: +SKIP
 """
 
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,14 +30,17 @@ from ..config import RunConfig
 from ..run_record import RunRecord
 from ..tasks import Task
 from .batches import TaskBatches
+from .best_model import save_best
 from .callbacks import CallbackList, TrainerCallback
-from .checkpointing import TrainingState, resolve_resume_path, save_checkpoint, save_model_atomic
+from .checkpointing import TrainingState, save_checkpoint
 from .data import TaskData, build_loaders
 from .evaluation import evaluate_tasks, metric_directions
+from .finishing import finish, finish_side_jobs
 from .loss_log import LossLog
 from .optimization import build_optimizer, build_scheduler, freeze_for_training
+from .resume import ResumePoint, resume_run
+from .resume_contract import trained_with
 from .sampling import TaskSampler, steps_per_epoch
-from .setup import training_summary
 from .steps import StepRunner, build_balancer
 
 logger = logging.getLogger("hfmtl")
@@ -118,17 +122,28 @@ class MultiTaskTrainer:
         if balancer is not None:
             balancer.to(accelerator.device)
             accelerator.register_for_checkpointing(balancer)
-        self._eval_seconds = 0.0
+        self.eval_seconds = 0.0
+        self.resume_point: ResumePoint | None = None
 
     def add_callback(self, callback: TrainerCallback) -> None:
         """Add a side job after those given to the constructor."""
         self.callbacks.add(callback)
 
+    def resume(self) -> ResumePoint:
+        """Accept and load what ``train.resume_from_checkpoint`` names (resume.py): refused, with a
+        ConfigError, when it would not continue the same training. Writes nothing; once per trainer."""
+        if self.resume_point is None:
+            self.resume_point = resume_run(self)
+        return self.resume_point
+
     def train(self) -> list[dict[str, Any]]:
         """Run the training; returns the evaluation history (also in ``metrics.json``)."""
-        args, state = self.args, self.state
-        self._resume()
+        args, state, resume_point = self.args, self.state, self.resume()
         self.callbacks.on_train_begin(self)
+        if resume_point.finishing:
+            finish_side_jobs(self)
+            return self.record.history
+        self.write_record()  # from the start, the record names the run that writes here
         logger.info(
             "Training %d steps (%d per epoch) on tasks %s, sampling %s",
             self.total_steps,
@@ -143,7 +158,7 @@ class MultiTaskTrainer:
             disable=not self.accelerator.is_local_main_process,
             dynamic_ncols=True,
         )
-        start_time, last_eval_step = time.time(), None
+        start_time, last_eval_step = time.time(), resume_point.evaluated_step
         self.model.train()
         while state.global_step < self.total_steps:
             task_names = self._draw_tasks()
@@ -160,24 +175,21 @@ class MultiTaskTrainer:
                 self._evaluate_and_track(step)
                 last_eval_step = step
             if args.save_steps and step % args.save_steps == 0:
-                directory = save_checkpoint(self.accelerator, self.output_dir, step, args.save_total_limit)
+                extra = trained_with(self.config, self.accelerator, self.total_steps, step)
+                directory = save_checkpoint(
+                    self.accelerator,
+                    self.output_dir,
+                    step,
+                    args.save_total_limit,
+                    run_id=self.record.run_id,
+                    extra=extra,
+                )
                 self.callbacks.on_save(self, step, directory)
         progress.close()
         if self.eval_loaders and last_eval_step != state.global_step:
             self._evaluate_and_track(state.global_step)
-        self._save_final_model(runtime_seconds=time.time() - start_time)
-        self.callbacks.on_train_end(self)
+        finish(self, runtime_seconds=time.time() - start_time)
         return self.record.history
-
-    def _resume(self) -> None:
-        """Load the checkpoint `train.resume_from_checkpoint` names, if any, and the evaluations before it."""
-        resume = resolve_resume_path(self.args.resume_from_checkpoint, self.output_dir)
-        if resume is not None:
-            self.accelerator.load_state(str(resume))
-            # evaluations after the checkpoint were made by the run that crashed: they are made again
-            earlier = RunRecord.read(self.output_dir)
-            self.record.history = earlier.history_until(self.state.global_step) if earlier else []
-            logger.info("Resumed from %s at step %d", resume, self.state.global_step)
 
     def _draw_tasks(self) -> list[str]:
         """The next step's tasks: the one the sampler draws, or those of an all-tasks step."""
@@ -196,14 +208,15 @@ class MultiTaskTrainer:
         """Evaluate, keep the best model so far (in ``output_dir/best``), rewrite metrics.json."""
         started = time.time()
         results = self.evaluate()
-        self._eval_seconds += time.time() - started
+        self.eval_seconds += time.time() - started
         self.accelerator.log(results, step=step)
         logger.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in results.items()})
-        self.record.history.append({"step": step, "epoch": round(step / self.steps_per_epoch, 4), **results})
+        entry = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), **results}
+        self.record.history = [*(e for e in self.record.history if e["step"] != step), entry]  # one per step
         is_best = self.state.offer_best(results, step, self.args.metric_for_best_model, self.best_is_higher)
         if is_best and self.args.load_best_model_at_end:
-            save_model_atomic(self.accelerator, self.model, self.output_dir / "best")
-        self._write_metrics()
+            save_best(self.accelerator, self.model, self.output_dir, step, self.record.run_id)
+        self.write_record()
         self.callbacks.on_evaluate(self, step, results)
         return results
 
@@ -222,24 +235,13 @@ class MultiTaskTrainer:
             self.tokenizer.save_pretrained(directory)
         acc.wait_for_everyone()
 
-    def _save_final_model(self, runtime_seconds: float) -> None:
-        """The final weights (the best evaluation's, if asked) into the model and output_dir, then
-        metrics.json with what the training used."""
-        best = self.output_dir / "best"
-        if self.args.load_best_model_at_end and (best / "config.json").is_file():
-            self.unwrapped_model().load_weights(best)
-            state, key = self.state, self.args.metric_for_best_model
-            logger.info("Loaded the best model (step %s, %s %.4f)", state.best_step, key, state.best_metric)
-        self.save_model(self.output_dir)
-        if self.accelerator.is_main_process:
-            shutil.rmtree(best, ignore_errors=True)
-        used = training_summary(self.accelerator, self.state.global_step, runtime_seconds, self._eval_seconds)
-        self._write_metrics(train=used)
-
-    def _write_metrics(self, train: dict[str, Any] | None = None) -> None:
+    def write_record(self, train: dict[str, Any] | None = None, finishing: bool = False) -> None:
+        """metrics.json (main process): the evaluations so far, the best one, and once the final model is
+        saved what the training used (`train`), `finishing` until the end's side jobs ran (finishing.py)."""
         if self.accelerator.is_main_process:
             record = self.record
             record.best_step, record.best_value, record.train = self.state.best_step, self.state.best_metric, train
+            record.finishing = finishing
             keys = list(dict.fromkeys(k for entry in record.history for k in entry if k.startswith("eval/")))
             record.greater_is_better = metric_directions(self.tasks, keys)
             record.greater_is_better.setdefault(record.best_metric, self.best_is_higher)
