@@ -30,7 +30,7 @@ Example:
 from . import aligned, famo, gradnorm, imtl, nash, projection, simplex, weighting  # noqa: F401
 from .base import Balancer, CombinedGradient, GradientCombiner, LossWeighting, WeightedLoss
 from .gradnorm import task_gradient_norms
-from .registry import BALANCERS, balancer_options, get_balancer, register_balancer
+from .registry import BALANCERS, balancer_options, combines_gradients, get_balancer, register_balancer
 
 __all__ = [
     "BALANCERS",
@@ -40,6 +40,7 @@ __all__ = [
     "LossWeighting",
     "WeightedLoss",
     "balancer_options",
+    "combines_gradients",
     "get_balancer",
     "register_balancer",
     "task_gradient_norms",

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..typed import _suggest
-from .base import Balancer
+from .base import Balancer, GradientCombiner
 
 BALANCERS: dict[str, type[Balancer]] = {}
 
@@ -54,6 +54,12 @@ def get_balancer(name: str, task_names: Sequence[str], **options: Any) -> Balanc
     if missing:
         raise ConfigError(f"balancing {name!r} needs the option {missing[0]!r} (options: {', '.join(allowed)})")
     return cls(task_names, **options)
+
+
+def combines_gradients(name: str) -> bool:
+    """Whether the balancing method `name` combines per-task gradients (a `GradientCombiner`: it needs one
+    backward per task) rather than weighting losses."""
+    return issubclass(_balancer_class(name), GradientCombiner)
 
 
 def _balancer_class(name: str) -> type[Balancer]:

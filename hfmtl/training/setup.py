@@ -33,6 +33,7 @@ from accelerate.utils import (
 
 from ..config import RunConfig
 from ..errors import ConfigError
+from .engine import check_engine, check_engine_supports, describe_engine, log_process, refuse_engine_on_cpu
 from .run_lock import LOCK_FILE
 
 logger = logging.getLogger("hfmtl")
@@ -51,11 +52,13 @@ def build_accelerator(config: RunConfig, cpu: bool = False) -> Accelerator:
         cpu: force the CPU (also for several processes: gloo DDP on CPU).
 
     Raises:
-        ConfigError: the precision or compile backend cannot apply here.
+        ConfigError: the precision or compile backend cannot apply here, or the engine the launcher
+            asked for is not the one the Accelerator set up (engine.py).
     """
     train = config.train
     precision_source = _precision_source(config)
     dynamo_plugin, compile_source = _dynamo_plugin(config)
+    refuse_engine_on_cpu(cpu)
     try:
         accelerator = Accelerator(
             cpu=cpu,
@@ -71,10 +74,13 @@ def build_accelerator(config: RunConfig, cpu: bool = False) -> Accelerator:
             log_with=train.report_to or None,
             project_dir=train.output_dir,
         )
-    except ValueError as err:  # Accelerate's own refusals (bf16 on an old GPU, a bad launcher setting...)
+    except (ValueError, RuntimeError) as err:  # Accelerate's refusals (bf16 on an old GPU, FSDP without a GPU...)
         raise ConfigError(f"the Accelerator cannot be set up: {' '.join(str(err).split())}") from err
     setup_logging(accelerator)
+    check_engine(accelerator)
+    check_engine_supports(config, accelerator)
     _refuse_precision_without_autocast(accelerator, precision_source)
+    log_process(accelerator)
     logger.info(
         "mixed precision %s (from %s); torch.compile %s (from %s); %d process(es), %s",
         accelerator.mixed_precision,
@@ -82,7 +88,7 @@ def build_accelerator(config: RunConfig, cpu: bool = False) -> Accelerator:
         compile_backend(accelerator) or "off",
         compile_source,
         accelerator.num_processes,
-        accelerator.distributed_type.value,
+        describe_engine(accelerator),
     )
     return accelerator
 
