@@ -31,6 +31,7 @@ from ..tasks import Unsupported, get_task_class
 from . import adapters
 from .backbone import check_model_path, check_same_architecture, encoder_kwargs
 from .configuration import MultiTaskConfig
+from .pooling import causal_position_ids, is_causal
 
 
 @dataclass
@@ -70,6 +71,8 @@ class MultiTaskModel(PreTrainedModel):
         self.encoder = encoder
         # DistilBERT and others take no token_type_ids, while their tokenizers may still produce them
         self.encoder_input_names: set[str] = set(inspect.signature(encoder.forward).parameters)
+        # a decoder counts positions over the real tokens: a left-padded input keeps its positions
+        self._positions_from_mask = is_causal(config.encoder) and "position_ids" in self.encoder_input_names
         dropout = config.classifier_dropout
         if dropout is None:
             dropout = getattr(config.encoder, "hidden_dropout_prob", getattr(config.encoder, "dropout", 0.1))
@@ -86,7 +89,7 @@ class MultiTaskModel(PreTrainedModel):
         cls,
         encoder_name_or_path: str,
         tasks: dict[str, dict[str, Any]],
-        pooling: str = "cls",
+        pooling: str = "auto",
         classifier_dropout: float | None = None,
         **from_pretrained_kwargs: Any,
     ) -> MultiTaskModel:
@@ -95,7 +98,7 @@ class MultiTaskModel(PreTrainedModel):
         Args:
             encoder_name_or_path: Hub id or local directory of any `AutoModel` encoder.
             tasks: task_name -> head spec (see `Task.head_spec`).
-            pooling: 'cls' or 'mean'.
+            pooling: 'cls', 'mean', 'last', or 'auto' (the encoder's own: 'last' for a decoder, else 'cls').
             classifier_dropout: dropout in the heads (None: the encoder's hidden dropout).
             **from_pretrained_kwargs: passed to `AutoModel.from_pretrained` (e.g. ``revision``).
         """
@@ -176,6 +179,8 @@ class MultiTaskModel(PreTrainedModel):
         return MultiTaskOutput(loss=loss, logits=logits, hidden_states=hidden)
 
     def _encode(self, inputs: dict[str, torch.Tensor], **kwargs: Any) -> torch.Tensor:
+        if self._positions_from_mask and "attention_mask" in inputs and "position_ids" not in kwargs:
+            kwargs["position_ids"] = causal_position_ids(inputs["attention_mask"])
         hidden = self.encoder(**inputs, **kwargs, return_dict=True).last_hidden_state
         # prompt methods put virtual tokens in front; heads expect one vector per real token
         virtual = adapters.num_virtual_tokens(self)
