@@ -180,3 +180,24 @@ def test_every_task_type_trains_on_a_decoder(family, decoder_dirs, tmp_path):
     after = trainer.model.encoder.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["pooling"] == "last"
+
+
+def test_a_run_recorded_with_cls_before_auto_reruns_unchanged_unless_auto_means_last(
+    tiny_encoder_dir, decoder_dirs, tmp_path, capsys
+):
+    for name, encoder in (("bert", tiny_encoder_dir), ("qwen2", decoder_dirs["qwen2"])):
+        config = make_config(encoder, tmp_path / name, {"rte": TASK_CONFIGS["rte"]}, samples=8, eval_samples=8)
+        config["train"].update(max_steps=2, eval_steps=2, resume_from_checkpoint="latest")
+        config["model"]["pooling"] = "cls"  # what every run saved before 'auto' became the default
+        reset_accelerate_state()
+        run_recipe(write_config(tmp_path / f"{name}.yaml", config))
+        del config["model"]["pooling"]
+        path = write_config(tmp_path / f"{name}.yaml", config)
+        reset_accelerate_state()
+        if name == "bert":  # 'auto' is 'cls' for BERT: the same run, nothing to train
+            capsys.readouterr()
+            run_recipe(path)
+            assert "holds a finished run: nothing to train" in capsys.readouterr().out
+        else:  # 'auto' is 'last' for Qwen2: another training
+            with pytest.raises(hfmtl.errors.ConfigError, match=r"model.pooling \('cls' -> 'auto'\)"):
+                run_recipe(path)
