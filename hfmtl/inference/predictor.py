@@ -26,6 +26,7 @@ from transformers import AutoConfig, AutoTokenizer
 from ..errors import DataError, HfmtlError
 from ..model import MultiTaskConfig, MultiTaskModel
 from ..model.backbone import check_model_path
+from ..model.pad_token import ensure_pad_token
 from ..tasks.prediction import InputError, PredictOptions, TaskPredictor
 from .saved_tasks import read_run_config, task_for, task_predictor_class
 
@@ -62,6 +63,7 @@ class Predictor:
             raise HfmtlError(f"batch_size={batch_size} must be at least 1")
         self.device = _device(device)
         self.model = model.to(self.device).eval()
+        ensure_pad_token(tokenizer, getattr(tokenizer, "name_or_path", ""), key="tokenizer")  # inputs are batched
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.run_config = dict(run_config) if run_config else None
