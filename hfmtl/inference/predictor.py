@@ -82,6 +82,7 @@ class Predictor:
         batch_size: int = 32,
         max_length: int | None = None,
         tokenizer=None,
+        base_model: str | None = None,
         **hub_kwargs: Any,
     ) -> Predictor:
         """Load a model saved by hfmtl (a directory or a Hub repo), with its tokenizer and run config.
@@ -91,6 +92,8 @@ class Predictor:
                 from ``config.peft["base_model"]``).
             device, batch_size, max_length: see `Predictor`.
             tokenizer: a tokenizer to use instead of the one saved with the model.
+            base_model: for a model saved as adapters, where its base encoder is now (Hub id or
+                directory), when it is no longer where ``config.peft["base_model"]`` says.
             **hub_kwargs: ``revision``, ``token``, ``cache_dir``... for the Hub.
 
         Raises:
@@ -107,7 +110,7 @@ class Predictor:
                 f"{path!r} is a {config.model_type!r} model, not an hfmtl multi-task model; "
                 "use transformers.pipeline for it"
             )
-        model = MultiTaskModel.from_pretrained(path, config=config, **hub_kwargs)
+        model = MultiTaskModel.from_pretrained(path, config=config, base_model=base_model, **hub_kwargs)
         if tokenizer is None:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(path, **hub_kwargs)

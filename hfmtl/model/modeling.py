@@ -29,7 +29,7 @@ from transformers.utils import ModelOutput
 from ..errors import ConfigError, HfmtlError
 from ..tasks import Unsupported, get_task_class
 from . import adapters
-from .backbone import check_model_path, check_same_architecture, encoder_kwargs
+from .backbone import check_model_path, check_same_architecture, encoder_kwargs, portable_reference
 from .configuration import MultiTaskConfig
 from .pooling import causal_position_ids, is_causal
 
@@ -241,16 +241,27 @@ class MultiTaskModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
         """`PreTrainedModel.from_pretrained`; a model saved with adapters gets its base encoder rebuilt
-        (from ``config.peft["base_model"]``) and its adapters and heads re-attached."""
+        (from ``config.peft["base_model"]``, or from ``base_model=`` when the base has moved: it is then
+        recorded instead) and its adapters and heads re-attached."""
+        base_model = kwargs.pop("base_model", None)
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
         config = kwargs.get("config")
         if not isinstance(config, MultiTaskConfig):
             config = MultiTaskConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         if not config.peft:
+            if base_model is not None:
+                raise ConfigError(
+                    f"base_model={base_model!r}: {str(pretrained_model_name_or_path)!r} holds a whole model, "
+                    "not adapters on a base encoder; leave base_model out"
+                )
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        base = config.peft["base_model"]
-        encoder, _ = load_encoder(base, key="peft.base_model")
+        base = config.peft["base_model"] if base_model is None else str(base_model)
+        try:
+            encoder, _ = load_encoder(base, key="peft.base_model" if base_model is None else "base_model")
+        except ConfigError as err:
+            raise adapters.missing_base_error(err, base, str(pretrained_model_name_or_path)) from err
         check_same_architecture(config.encoder, encoder.config, "peft.base_model", base)
+        config.peft = {**config.peft, "base_model": portable_reference(base)}
         model = cls(config, encoder=encoder)
         adapters.load_adapters_and_heads(model, str(pretrained_model_name_or_path), **hub_kwargs)
         model.eval()
