@@ -180,6 +180,7 @@ def test_every_task_type_trains_on_a_decoder(family, decoder_dirs, tmp_path):
     after = trainer.model.encoder.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["pooling"] == "last"
+    assert "; last pooling (`auto`), max length 64." in (tmp_path / "out" / "README.md").read_text()  # the card
 
 
 def test_a_run_recorded_with_cls_before_auto_reruns_unchanged_unless_auto_means_last(
@@ -201,3 +202,26 @@ def test_a_run_recorded_with_cls_before_auto_reruns_unchanged_unless_auto_means_
         else:  # 'auto' is 'last' for Qwen2: another training
             with pytest.raises(hfmtl.errors.ConfigError, match=r"model.pooling \('cls' -> 'auto'\)"):
                 run_recipe(path)
+
+
+def test_features_of_a_bare_decoder_pool_its_last_token_in_any_batch(decoder_tokenizer):
+    import contextlib
+
+    import numpy as np
+
+    from hfmtl.analysis.features import extract_features
+    from hfmtl.tasks import task_config_from_dict
+    from hfmtl.training.data import prepare_task_data
+
+    decoder_tokenizer.padding_side = "left"
+    config = {**TASK_CONFIGS["rte"], "max_eval_samples": 6}
+    task = hfmtl.build_task("rte", task_config_from_dict("rte", config))
+    dataset = prepare_task_data(task, decoder_tokenizer, 64, contextlib.nullcontext, train=False).eval_features
+    torch.manual_seed(0)
+    encoder = transformers.AutoModel.from_config(decoder_config("gpt2", len(decoder_tokenizer))).eval()
+    batched = extract_features(encoder, task, dataset, decoder_tokenizer, batch_size=6)  # pooling: auto -> last
+    alone = extract_features(encoder, task, dataset, decoder_tokenizer, batch_size=1, pooling="last")
+    np.testing.assert_allclose(batched.features, alone.features, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        hidden = encoder(input_ids=torch.tensor([dataset[0]["input_ids"]])).last_hidden_state
+    np.testing.assert_allclose(batched.features[0], hidden[0, -1].numpy(), rtol=1e-5, atol=1e-5)

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from ..model import adapters
-from ..model.pooling import resolve_pooling
+from ..model.pooling import causal_position_ids, is_causal, resolve_pooling
 from ..tasks import FeatureUnit, Task, Unsupported
 from ..tasks.heads import pool
 from ..tasks.labels import IGNORE_INDEX
@@ -137,6 +137,8 @@ def extract_features(
     model.eval()
     try:
         encoder, input_names, virtual = _encode_fn(model, task)
+        # a decoder counts positions over the real tokens, as MultiTaskModel does (hfmtl/model/pooling.py)
+        positions = is_causal(getattr(encoder, "config", None)) and "position_ids" in (input_names or {"position_ids"})
         rows, labels = [], []
         for batch in build_eval_loader(task, dataset, tokenizer, batch_size):
             inputs = {k: v.to(device) for k, v in batch.items() if k in task.model_input_names}
@@ -144,6 +146,8 @@ def extract_features(
                 inputs = {k: v for k, v in inputs.items() if k in input_names}
             if feature_unit.unit == "choice":
                 inputs = {k: v.flatten(0, 1) for k, v in inputs.items()}
+            if positions and "attention_mask" in inputs:
+                inputs["position_ids"] = causal_position_ids(inputs["attention_mask"])
             hidden = encoder(**inputs, return_dict=True).last_hidden_state[:, virtual:].float()
             target = batch["labels"]
             if feature_unit.unit == "token":
