@@ -47,7 +47,12 @@ def test_training_without_a_pad_token_pads_with_eos_and_the_model_keeps_it(llama
     config["train"].update(max_steps=2, eval_steps=2)
     reset_accelerate_state()
     run_recipe(write_config(tmp_path / "run.yaml", config))
-    said = [line for line in (tmp_path / "out" / "train.log").read_text().splitlines() if "has no pad token" in line]
+    log = (tmp_path / "out" / "train.log").read_text().splitlines()
+    auto = [line for line in log if "model.pooling=auto" in line]
+    assert len(auto) == 1 and auto[0].endswith(
+        "'last' (the last non-padding token), as llama is a decoder (causal) model"
+    )
+    said = [line for line in log if "has no pad token" in line]
     assert len(said) == 1 and said[0].endswith(
         f"INFO hfmtl: the tokenizer of {llama_without_pad_dir} has no pad token: padding with its end-of-sequence "
         "token '[SEP]' (id 3), saved with the model"
