@@ -31,6 +31,7 @@ from hfmtl.config import RunConfig, save_config
 from hfmtl.config.stages import plan_stages, write_stages_summary
 from hfmtl.errors import exit_status_of
 from hfmtl.model.adapters import add_adapters
+from hfmtl.model.pad_token import set_pad_token_id
 from hfmtl.model.transfer import initialize_from
 from hfmtl.publish.callbacks import HubPushCallback, ModelCardCallback
 from hfmtl.training.callbacks import TrackersCallback, TrainerCallback
@@ -118,7 +119,8 @@ def train_stage(config: RunConfig, accelerator, callbacks: Sequence[TrainerCallb
     set_seed(config.train.seed)
 
     # 3. Tasks from the registry, and their data: loaded, checked and tokenized once (cached by
-    #    `datasets`; the main process tokenizes first, the others read its cache).
+    #    `datasets`; the main process tokenizes first, the others read its cache). A tokenizer without a
+    #    pad token (most decoder models') pads with its end-of-sequence token.
     tokenizer = load_tokenizer(config.model)
     tasks = {name: build_task(name, task_config) for name, task_config in config.tasks.items()}
     data = {
@@ -144,6 +146,7 @@ def train_stage(config: RunConfig, accelerator, callbacks: Sequence[TrainerCallb
         classifier_dropout=config.model.classifier_dropout,
         revision=config.model.revision,
     )
+    set_pad_token_id(model, tokenizer)  # the encoder's config records the pad token the tokenizer got
     if config.model.init_from:
         initialize_from(model, config.model.init_from, config.model.init_heads)
     if config.peft is not None:

@@ -117,6 +117,27 @@ def tiny_tokenizer_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_decoder_tokenizer_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
+    """The tiny WordPiece vocabulary as a decoder model's tokenizer: no [CLS] in front (the first token is
+    the text's own), [SEP] appended as the end-of-sequence token, and NO pad token, as many decoder
+    tokenizers ship."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    wordpiece = Tokenizer.from_file(str(Path(tiny_tokenizer_dir) / "tokenizer.json"))
+    eos = wordpiece.token_to_id("[SEP]")
+    wordpiece.post_processor = processors.TemplateProcessing(
+        single="$A [SEP]", pair="$A [SEP] $B:1 [SEP]:1", special_tokens=[("[SEP]", eos)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=wordpiece, unk_token="[UNK]", eos_token="[SEP]", model_max_length=512
+    )
+    path = tmp_path_factory.mktemp("tiny-decoder-tokenizer")
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
     """A 2-layer, hidden-64 random BERT saved with the tiny tokenizer."""
     import torch

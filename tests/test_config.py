@@ -62,7 +62,7 @@ def test_load_config_builds_typed_sections(config_file: Path, tmp_path: Path) ->
     assert isinstance(cfg.model, ModelConfig) and isinstance(cfg.train, TrainConfig)
     assert cfg.model.name_or_path == "/models/tiny-encoder"
     assert cfg.model.max_length == 64
-    assert cfg.model.pooling == "cls"  # default
+    assert cfg.model.pooling == "auto"  # default: the encoder's own (hfmtl/model/pooling.py)
     assert cfg.train.output_dir == str(tmp_path / "out")
     assert cfg.train.max_steps == 10
     assert cfg.train.learning_rate == 5e-5 and cfg.train.seed == 42  # defaults
@@ -180,7 +180,7 @@ def test_list_of_data_files_per_split(config_file: Path) -> None:
         (["tasks.rte.text_column=[a, b]"], ["tasks.rte.text_column=['a', 'b']", "must be a string"]),
         (["sampling.weights=[rte]"], ["sampling.weights=['rte']", "must be a mapping"]),
         # values outside a set of choices
-        (["model.pooling=max"], ["model.pooling='max'", "choose one of 'cls', 'mean'"]),
+        (["model.pooling=max"], ["model.pooling='max'", "choose one of 'cls', 'mean', 'last', 'auto'"]),
         (["train.mixed_precision=fp8"], ["train.mixed_precision='fp8'", "choose one of 'no', 'fp16', 'bf16'"]),
         (
             ["sampling.strategy=foo"],

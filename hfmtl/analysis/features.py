@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from ..model import adapters
+from ..model.pooling import causal_position_ids, is_causal, resolve_pooling
 from ..tasks import FeatureUnit, Task, Unsupported
 from ..tasks.heads import pool
 from ..tasks.labels import IGNORE_INDEX
@@ -90,7 +91,7 @@ def extract_features(
     """The frozen encoder's features of a task's (tokenized) examples, with their labels.
 
     Sequence tasks get one pooled vector per example ('cls': the first token, 'mean': the mean over
-    non-padding tokens, as `hfmtl.tasks.base.pool` does for the heads). Token classification gets the
+    non-padding tokens, 'last': the last non-padding token, as `hfmtl.tasks.base.pool` does for the heads). Token classification gets the
     last hidden state of every token with a label (the first sub-token of each word in eval features,
     which `prepare_task_data` produces; train features built with ``label_all_tokens`` label every
     sub-token). Multiple choice gets one pooled vector per (example, choice), labelled 1 for the right
@@ -106,7 +107,8 @@ def extract_features(
         task: the task, set up (`prepare_task_data` calls its `setup`).
         dataset: the task's tokenized features with ``labels`` (e.g. ``TaskData.eval_features``).
         tokenizer: the tokenizer the features were made with (for padding).
-        pooling: 'cls' or 'mean'; None: the model's ``config.pooling`` for a `MultiTaskModel`, else 'cls'.
+        pooling: 'cls', 'mean', 'last' or 'auto' (see hfmtl/model/pooling.py); None: the model's
+            ``config.pooling`` for a `MultiTaskModel`, else 'auto'.
         batch_size: examples per forward pass.
         max_examples: use the first `max_examples` examples only.
         device: where to run; default: the model's device.
@@ -125,14 +127,18 @@ def extract_features(
     if max_examples is not None and max_examples < len(dataset):
         dataset = dataset.select(range(max_examples))
     if pooling is None:
-        pooling = getattr(getattr(model, "config", None), "pooling", None) or "cls"
-    if pooling not in ("cls", "mean"):
-        raise ConfigError(f"pooling={pooling!r} is not one of 'cls', 'mean'")
+        pooling = getattr(getattr(model, "config", None), "pooling", None) or "auto"
+    if pooling not in ("cls", "mean", "last", "auto"):
+        raise ConfigError(f"pooling={pooling!r} is not one of 'cls', 'mean', 'last', 'auto'")
+    if pooling == "auto":  # a bare encoder: the choice a MultiTaskModel on it would make
+        pooling = resolve_pooling(pooling, getattr(model, "config", None))
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         encoder, input_names, virtual = _encode_fn(model, task)
+        # a decoder counts positions over the real tokens, as MultiTaskModel does (hfmtl/model/pooling.py)
+        positions = is_causal(getattr(encoder, "config", None)) and "position_ids" in (input_names or {"position_ids"})
         rows, labels = [], []
         for batch in build_eval_loader(task, dataset, tokenizer, batch_size):
             inputs = {k: v.to(device) for k, v in batch.items() if k in task.model_input_names}
@@ -140,6 +146,8 @@ def extract_features(
                 inputs = {k: v for k, v in inputs.items() if k in input_names}
             if feature_unit.unit == "choice":
                 inputs = {k: v.flatten(0, 1) for k, v in inputs.items()}
+            if positions and "attention_mask" in inputs:
+                inputs["position_ids"] = causal_position_ids(inputs["attention_mask"])
             hidden = encoder(**inputs, return_dict=True).last_hidden_state[:, virtual:].float()
             target = batch["labels"]
             if feature_unit.unit == "token":

@@ -93,7 +93,7 @@ def rank_source_encoders(
         encoders: source name -> a model (a `MultiTaskModel` or a bare encoder) or the path / Hub id of a
             saved one (an hfmtl model directory, e.g. a source stage's output, or any HF encoder; loaded
             one at a time with `hfmtl.model.transfer.load_source` and released, so only one is in memory). A
-            path gives a bare encoder, pooled with 'cls' unless ``pooling`` says otherwise: pass the
+            path gives a bare encoder, pooled as 'auto' (hfmtl/model/pooling.py) unless ``pooling`` says otherwise: pass the
             pooling the models were trained with.
         target_task: the target task, set up.
         target_dataset: the target's tokenized features with labels (e.g. its eval features).

@@ -1,6 +1,7 @@
 """The ``hfmtl predict`` and ``hfmtl info`` commands.
 
     hfmtl predict MODEL --task NAME [--input FILE|-] [--output FILE|-] [--batch-size N] [--device D]
+                  [--base-model PATH_OR_ID]
     hfmtl info MODEL [--json]
 
 `predict` reads JSON Lines (one JSON object per line, with the task's input fields as named in the
@@ -63,6 +64,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--batch-size", type=int, default=32, help="Inputs per forward pass (default 32).")
     predict.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: CUDA if available, else CPU).")
     predict.add_argument("--max-length", type=int, help="Tokens per input (default: as the model was trained).")
+    predict.add_argument(
+        "--base-model",
+        help="For a model saved as adapters: where its base encoder is now, if it moved (default: where it was).",
+    )
     predict.add_argument("--return-all-scores", action="store_true", help="Classification: every label's score.")
     predict.add_argument("--top-k", type=int, help="Classification: the k most probable labels' scores.")
     predict.add_argument(
@@ -86,7 +91,11 @@ def _predict(args: argparse.Namespace) -> int:
         raise HfmtlError(f"--output {args.output!r}: directory {str(Path(args.output).parent)!r} does not exist")
     with _quiet_loading():
         predictor = Predictor.from_pretrained(
-            args.model, device=args.device, batch_size=args.batch_size, max_length=args.max_length
+            args.model,
+            device=args.device,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            base_model=args.base_model,
         )
     if args.task is not None:
         predictor.fields(args.task)  # an unknown --task is an error of its own, not of line 1

@@ -11,7 +11,7 @@ from ..typed import check_choice, check_positive
 
 # The allowed values of a choice are said once, in its Literal type; `hfmtl.typed` checks them and
 # `typing.get_args` lists them (hfmtl/config/reference.py, hfmtl/training/sampling.py).
-Pooling = Literal["cls", "mean"]
+Pooling = Literal["cls", "mean", "last", "auto"]
 InitHeads = Literal["auto", "none"]
 SamplingStrategy = Literal["proportional", "temperature", "uniform", "round_robin", "weights"]
 PeftMode = Literal["shared", "per_task"]
@@ -28,7 +28,12 @@ class ModelConfig:
     )
     revision: str | None = field(default=None, metadata={"help": "Hub revision of the encoder."})
     pooling: Pooling = field(
-        default="cls", metadata={"help": "Sentence representation: the first token's state, or the mean of all."}
+        default="auto",
+        metadata={
+            "help": "Sentence representation: the first token's state (cls), the mean of all (mean), the last "
+            "non-padding token's (last); auto: last for a decoder (causal) model, cls for any other encoder. "
+            "The model saves what auto became."
+        },
     )
     classifier_dropout: float | None = field(
         default=None, metadata={"help": "Dropout in the heads; defaults to the encoder's hidden dropout."}

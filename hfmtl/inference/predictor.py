@@ -26,6 +26,7 @@ from transformers import AutoConfig, AutoTokenizer
 from ..errors import DataError, HfmtlError
 from ..model import MultiTaskConfig, MultiTaskModel
 from ..model.backbone import check_model_path
+from ..model.pad_token import ensure_pad_token
 from ..tasks.prediction import InputError, PredictOptions, TaskPredictor
 from .saved_tasks import read_run_config, task_for, task_predictor_class
 
@@ -62,6 +63,7 @@ class Predictor:
             raise HfmtlError(f"batch_size={batch_size} must be at least 1")
         self.device = _device(device)
         self.model = model.to(self.device).eval()
+        ensure_pad_token(tokenizer, getattr(tokenizer, "name_or_path", ""), key="tokenizer")  # inputs are batched
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.run_config = dict(run_config) if run_config else None
@@ -80,6 +82,7 @@ class Predictor:
         batch_size: int = 32,
         max_length: int | None = None,
         tokenizer=None,
+        base_model: str | None = None,
         **hub_kwargs: Any,
     ) -> Predictor:
         """Load a model saved by hfmtl (a directory or a Hub repo), with its tokenizer and run config.
@@ -89,6 +92,8 @@ class Predictor:
                 from ``config.peft["base_model"]``).
             device, batch_size, max_length: see `Predictor`.
             tokenizer: a tokenizer to use instead of the one saved with the model.
+            base_model: for a model saved as adapters, where its base encoder is now (Hub id or
+                directory), when it is no longer where ``config.peft["base_model"]`` says.
             **hub_kwargs: ``revision``, ``token``, ``cache_dir``... for the Hub.
 
         Raises:
@@ -105,7 +110,7 @@ class Predictor:
                 f"{path!r} is a {config.model_type!r} model, not an hfmtl multi-task model; "
                 "use transformers.pipeline for it"
             )
-        model = MultiTaskModel.from_pretrained(path, config=config, **hub_kwargs)
+        model = MultiTaskModel.from_pretrained(path, config=config, base_model=base_model, **hub_kwargs)
         if tokenizer is None:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(path, **hub_kwargs)

@@ -33,6 +33,7 @@ from torch import nn
 from transformers.utils import cached_file
 
 from ..errors import ConfigError
+from .backbone import portable_reference
 
 HEADS_FILE = "heads.safetensors"
 ADAPTERS_DIR = "adapters"
@@ -75,7 +76,8 @@ def add_adapters(model: nn.Module, config: dict[str, Any], mode: str, base_model
         config: the PEFT config as a mapping (``peft_type`` and the method's fields).
         mode: 'shared' (one adapter) or 'per_task' (one adapter per task, named after it).
         base_model: where the encoder's weights come from (Hub id or directory, an hfmtl model
-            directory included); recorded so that a saved model can re-attach its adapters.
+            directory included); recorded so that a saved model can re-attach its adapters: a directory
+            as its absolute path, so that the model loads from any current directory.
         total_steps: the training's optimizer steps; fills AdaLoRA's ``total_step`` when not given.
     """
     if is_peft_model(model):
@@ -101,7 +103,17 @@ def add_adapters(model: nn.Module, config: dict[str, Any], mode: str, base_model
         # weights PEFT keeps fixed (AdaLoRA's ranknum), which then drift and are not saved.
         encoder.set_requires_grad(names, requires_grad=True)
     model.encoder = encoder
-    model.config.peft = {"mode": mode, "base_model": base_model, "adapters": names}
+    model.config.peft = {"mode": mode, "base_model": portable_reference(base_model), "adapters": names}
+
+
+def missing_base_error(err: ConfigError, base_model: str, path: str) -> ConfigError:
+    """The error for a saved adapter model whose base encoder cannot be loaded: what failed, and how to
+    point the model at where its base encoder is now."""
+    return ConfigError(
+        f"{str(err).rstrip('.')}; the adapters saved in {path!r} need their base encoder {base_model!r}: give its "
+        "location now with base_model=... (MultiTaskModel.from_pretrained, hfmtl.Predictor.from_pretrained) or "
+        "--base-model (hfmtl predict)"
+    )
 
 
 def is_peft_model(model: nn.Module) -> bool:

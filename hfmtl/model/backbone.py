@@ -60,14 +60,26 @@ def check_model_path(name: str, key: str) -> str:
         pass
     separators = {os.sep, os.altsep or os.sep, "\\"}
     if name.startswith((".", "/", "~")) or any(sep in name for sep in separators):
-        raise ConfigError(
-            f"{key}={name!r}: the directory {str(path.absolute())!r} does not exist (relative paths are read from "
-            f"the current directory {os.getcwd()!r})"
-        )
+        where = "" if path.is_absolute() else f" (relative paths are read from the current directory {os.getcwd()!r})"
+        raise ConfigError(f"{key}={name!r}: the directory {str(path.absolute())!r} does not exist{where}")
     raise ConfigError(
         f"{key}={name!r} is not a Hub model id ('name' or 'org/name'), and the directory {str(path.absolute())!r} "
         "does not exist"
     )
+
+
+def portable_reference(name: str) -> str:
+    """`name` as a saved model records it, to resolve from any current directory: the absolute path of a
+    local directory, else the Hub id as given (`check_model_path` decides which it is).
+
+    Example:
+        >>> portable_reference("sentence-transformers/all-MiniLM-L6-v2")
+        'sentence-transformers/all-MiniLM-L6-v2'
+        >>> portable_reference(".") == str(Path.cwd().resolve())
+        True
+    """
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
 
 
 def encoder_kwargs(encoder_config: PreTrainedConfig) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from ..errors import ConfigError
+from .pooling import resolve_pooling
 
 MODEL_TYPE = "hfmtl"
 
@@ -23,7 +24,10 @@ class MultiTaskConfig(PreTrainedConfig):
         encoder: the encoder's config (a `PreTrainedConfig` or its dict).
         tasks: task_name -> head spec (``{"type": ..., "num_labels": ..., ...}``) as each task type
             writes it (see `Task.head_spec`).
-        pooling: 'cls' or 'mean': how sequence-level heads reduce the encoder's output.
+        pooling: how sequence-level heads reduce the encoder's output: 'cls' (first token), 'mean', 'last'
+            (last non-padding token), or 'auto', which becomes 'last' for a decoder (causal) encoder and
+            'cls' for any other as the config is built (see hfmtl/model/pooling.py): the resolved choice is
+            the one saved.
         classifier_dropout: dropout in the heads; None uses the encoder's ``hidden_dropout_prob``.
         peft: set when the encoder carries PEFT adapters (see `hfmtl.model.adapters`): ``mode`` ('shared' or
             'per_task'), ``adapters`` (their names) and ``base_model`` (where the encoder's own weights
@@ -35,12 +39,13 @@ class MultiTaskConfig(PreTrainedConfig):
 
     encoder: PreTrainedConfig | dict | None = None
     tasks: dict | None = None
-    pooling: str = "cls"
+    pooling: str = "auto"
     classifier_dropout: float | None = None
     peft: dict | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
+        self.pooling = resolve_pooling(self.pooling, self.encoder)
         self.tasks = dict(self.tasks or {})
         for spec in self.tasks.values():
             # JSON turns integer keys into strings; heads and users index id2label by int

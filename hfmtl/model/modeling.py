@@ -29,8 +29,9 @@ from transformers.utils import ModelOutput
 from ..errors import ConfigError, HfmtlError
 from ..tasks import Unsupported, get_task_class
 from . import adapters
-from .backbone import check_model_path, check_same_architecture, encoder_kwargs
+from .backbone import check_model_path, check_same_architecture, encoder_kwargs, portable_reference
 from .configuration import MultiTaskConfig
+from .pooling import causal_position_ids, is_causal
 
 
 @dataclass
@@ -70,6 +71,8 @@ class MultiTaskModel(PreTrainedModel):
         self.encoder = encoder
         # DistilBERT and others take no token_type_ids, while their tokenizers may still produce them
         self.encoder_input_names: set[str] = set(inspect.signature(encoder.forward).parameters)
+        # a decoder counts positions over the real tokens: a left-padded input keeps its positions
+        self._positions_from_mask = is_causal(config.encoder) and "position_ids" in self.encoder_input_names
         dropout = config.classifier_dropout
         if dropout is None:
             dropout = getattr(config.encoder, "hidden_dropout_prob", getattr(config.encoder, "dropout", 0.1))
@@ -86,7 +89,7 @@ class MultiTaskModel(PreTrainedModel):
         cls,
         encoder_name_or_path: str,
         tasks: dict[str, dict[str, Any]],
-        pooling: str = "cls",
+        pooling: str = "auto",
         classifier_dropout: float | None = None,
         **from_pretrained_kwargs: Any,
     ) -> MultiTaskModel:
@@ -95,7 +98,7 @@ class MultiTaskModel(PreTrainedModel):
         Args:
             encoder_name_or_path: Hub id or local directory of any `AutoModel` encoder.
             tasks: task_name -> head spec (see `Task.head_spec`).
-            pooling: 'cls' or 'mean'.
+            pooling: 'cls', 'mean', 'last', or 'auto' (the encoder's own: 'last' for a decoder, else 'cls').
             classifier_dropout: dropout in the heads (None: the encoder's hidden dropout).
             **from_pretrained_kwargs: passed to `AutoModel.from_pretrained` (e.g. ``revision``).
         """
@@ -176,6 +179,8 @@ class MultiTaskModel(PreTrainedModel):
         return MultiTaskOutput(loss=loss, logits=logits, hidden_states=hidden)
 
     def _encode(self, inputs: dict[str, torch.Tensor], **kwargs: Any) -> torch.Tensor:
+        if self._positions_from_mask and "attention_mask" in inputs and "position_ids" not in kwargs:
+            kwargs["position_ids"] = causal_position_ids(inputs["attention_mask"])
         hidden = self.encoder(**inputs, **kwargs, return_dict=True).last_hidden_state
         # prompt methods put virtual tokens in front; heads expect one vector per real token
         virtual = adapters.num_virtual_tokens(self)
@@ -236,16 +241,27 @@ class MultiTaskModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
         """`PreTrainedModel.from_pretrained`; a model saved with adapters gets its base encoder rebuilt
-        (from ``config.peft["base_model"]``) and its adapters and heads re-attached."""
+        (from ``config.peft["base_model"]``, or from ``base_model=`` when the base has moved: it is then
+        recorded instead) and its adapters and heads re-attached."""
+        base_model = kwargs.pop("base_model", None)
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
         config = kwargs.get("config")
         if not isinstance(config, MultiTaskConfig):
             config = MultiTaskConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         if not config.peft:
+            if base_model is not None:
+                raise ConfigError(
+                    f"base_model={base_model!r}: {str(pretrained_model_name_or_path)!r} holds a whole model, "
+                    "not adapters on a base encoder; leave base_model out"
+                )
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        base = config.peft["base_model"]
-        encoder, _ = load_encoder(base, key="peft.base_model")
+        base = config.peft["base_model"] if base_model is None else str(base_model)
+        try:
+            encoder, _ = load_encoder(base, key="peft.base_model" if base_model is None else "base_model")
+        except ConfigError as err:
+            raise adapters.missing_base_error(err, base, str(pretrained_model_name_or_path)) from err
         check_same_architecture(config.encoder, encoder.config, "peft.base_model", base)
+        config.peft = {**config.peft, "base_model": portable_reference(base)}
         model = cls(config, encoder=encoder)
         adapters.load_adapters_and_heads(model, str(pretrained_model_name_or_path), **hub_kwargs)
         model.eval()

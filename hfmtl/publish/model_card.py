@@ -225,6 +225,7 @@ def _variables(
         "marker": GENERATED_MARKER,
         "title": name,
         "encoder_type": (saved.config.get("encoder") or {}).get("model_type", "?"),
+        "pooling": saved.config.get("pooling"),  # what the model pools with: 'auto' resolved
         "tasks": _task_rows(saved, classes, evaluation),
         "base": base,
         "source": weights_source(saved),

@@ -114,6 +114,8 @@ class Task(abc.ABC):
     model_input_names: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "token_type_ids")
     #: The Hub pipeline type of the head (huggingface.js pipelines.ts), for the model card's metadata.
     pipeline_tag: ClassVar[str] = "other"
+    #: The side `pad_features` pads on; None: the tokenizer's own (decoder tokenizers often pad on the left).
+    padding_side: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -186,7 +188,8 @@ class Task(abc.ABC):
         """`tokenizer.pad` over the encoder inputs (and `labels` of a fixed width) of `features`; other
         columns (QA's offsets and example ids) are dropped."""
         keep = (*self.model_input_names, "labels") if with_labels else self.model_input_names
-        return tokenizer.pad([{k: v for k, v in f.items() if k in keep} for f in features], return_tensors="pt")
+        rows = [{k: v for k, v in f.items() if k in keep} for f in features]
+        return tokenizer.pad(rows, padding_side=self.padding_side, return_tensors="pt")
 
     @abc.abstractmethod
     def collate(self, features: list[dict[str, Any]], tokenizer) -> dict[str, torch.Tensor]:

@@ -9,6 +9,9 @@ Example:
     >>> hidden = torch.ones(2, 3, 4)
     >>> pool(hidden, torch.tensor([[1, 1, 0], [1, 0, 0]]), "mean").shape
     torch.Size([2, 4])
+    >>> steps = torch.arange(6.0).view(2, 3, 1)
+    >>> pool(steps, torch.tensor([[0, 1, 1], [1, 1, 0]]), "last").flatten().tolist()  # left, right padding
+    [2.0, 4.0]
 """
 
 from __future__ import annotations
@@ -18,9 +21,20 @@ from torch import nn
 
 
 def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, mode: str) -> torch.Tensor:
-    """One vector per sequence: the first token ('cls') or the mean over non-padding tokens ('mean')."""
+    """One vector per sequence: the first token ('cls'), the mean over non-padding tokens ('mean'), or
+    the last non-padding token ('last', for decoder models: the only token that has seen the whole input).
+
+    'last' reads the attention mask, not the tokenizer's padding side: the rightmost position the mask
+    keeps is the last real token whether the batch was padded on the left or on the right.
+    """
     if mode == "cls":
         return hidden_states[:, 0]
+    if mode == "last":
+        if attention_mask is None:
+            return hidden_states[:, -1]
+        positions = torch.arange(attention_mask.shape[-1], device=hidden_states.device)
+        last = (positions * attention_mask.to(positions.device).bool()).argmax(dim=-1)
+        return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
     if attention_mask is None:
         return hidden_states.mean(dim=1)
     mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 from ..config import TrainConfig
 from ..errors import BadRowError, ConfigError, DataError, HfmtlError
 from ..model.backbone import check_model_path
+from ..model.pad_token import ensure_pad_token
 from ..tasks import Task
 from .bad_rows import describe_unreadable, first_failing_row, locate_row, reader_logs_silenced
 
@@ -48,19 +49,22 @@ class TaskData:
 
 
 def load_tokenizer(model_config):
-    """The run's tokenizer (`model.tokenizer_name_or_path`, else the encoder's).
+    """The run's tokenizer (`model.tokenizer_name_or_path`, else the encoder's); one without a pad token
+    pads with its end-of-sequence token (hfmtl/model/pad_token.py).
 
     Raises:
-        ConfigError: it cannot be found locally or on the Hub.
+        ConfigError: it cannot be found locally or on the Hub, or has neither a pad nor an EOS token.
     """
     from transformers import AutoTokenizer
 
     key = "model.tokenizer_name_or_path" if model_config.tokenizer_name_or_path else "model.name_or_path"
     name = check_model_path(model_config.tokenizer_name_or_path or model_config.name_or_path, key)
     try:
-        return AutoTokenizer.from_pretrained(name, revision=model_config.revision)
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=model_config.revision)
     except OSError as err:  # not found locally, not on the Hub, or the Hub is unreachable
         raise ConfigError(f"model.name_or_path={name!r}: cannot load its tokenizer: {err}") from err
+    ensure_pad_token(tokenizer, name, key)
+    return tokenizer
 
 
 def _builder_for(task_name: str, data_files: dict[str, Any], dataset: str | None) -> tuple[str, dict]:

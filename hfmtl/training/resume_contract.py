@@ -33,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import AutoConfig
 
 from ..config import RunConfig, config_from_dict
 from ..errors import ConfigError
+from ..model.pooling import resolve_pooling
 from ..run_record import RunRecord
 
 logger = logging.getLogger("hfmtl")
@@ -103,7 +105,7 @@ def check_resume(checkpoint: Path, recorded: dict[str, Any], config: RunConfig, 
         ConfigError: something that alters the trajectory changed, or the length changed without
             ``resume_extend_max_steps`` or below the checkpoint's step.
     """
-    changes = config_changes(_as_read_now(recorded["config"]), _plain(config.to_dict()))
+    changes = _resolve_auto_pooling(config_changes(_as_read_now(recorded["config"]), _plain(config.to_dict())), config)
     # the precision the run used, which the launcher may have set, is compared instead of the config key
     changes = [c for c in changes if c[0] not in ("stages", "train.mixed_precision")]
     for key, label in (("num_processes", "number of processes"), ("mixed_precision", "mixed precision used")):
@@ -157,6 +159,7 @@ def check_finished_run(config: RunConfig, output_dir: Path) -> None:
         return
     trained = _as_read_now(yaml.safe_load(path.read_text()))
     changes = [c for c in config_changes(trained, _plain(config.to_dict())) if not _is_safe(c[0])]
+    changes = _resolve_auto_pooling(changes, config)
     if not changes:
         return
     record = RunRecord.read(output_dir)
@@ -177,6 +180,23 @@ def check_finished_run(config: RunConfig, output_dir: Path) -> None:
         f"trained: restore them, or use another train.output_dir (or train.overwrite_output_dir=true without "
         f"resume_from_checkpoint to replace the run){hint}"
     )
+
+
+def _resolve_auto_pooling(changes: list[Change], config: RunConfig) -> list[Change]:
+    """`changes` without ``model.pooling`` when one side is 'auto' and 'auto' gives this encoder the other
+    side's choice: a run recorded before 'auto' became the default holds 'cls', which 'auto' still is for
+    a bidirectional encoder (a decoder's 'cls' -> 'auto' is a real change: it becomes 'last')."""
+    change = next((c for c in changes if c[0] == "model.pooling" and "auto" in c[1:]), None)
+    if change is None:
+        return changes
+    other = change[1] if change[2] == "auto" else change[2]
+    try:
+        encoder_config = AutoConfig.from_pretrained(config.model.name_or_path, revision=config.model.revision)
+    except (OSError, ValueError):  # the encoder cannot be read: the change stays, and is refused
+        return changes
+    if resolve_pooling("auto", encoder_config) != other:
+        return changes
+    return [c for c in changes if c is not change]
 
 
 def _is_safe(key: str) -> bool:
