@@ -17,11 +17,9 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
@@ -32,6 +30,7 @@ from . import adapters
 from .backbone import check_model_path, check_same_architecture, encoder_kwargs, portable_reference
 from .configuration import MultiTaskConfig
 from .pooling import causal_position_ids, is_causal
+from .weights import load_saved_weights
 
 
 @dataclass
@@ -280,7 +279,7 @@ class MultiTaskModel(PreTrainedModel):
         if self.config.peft:
             adapters.load_weights_into(self, directory)
         else:
-            self.load_state_dict(load_file(str(Path(directory) / "model.safetensors")))
+            load_saved_weights(self, directory)  # tied parameters (BART's, T5's embeddings) included
 
 
 def load_encoder(
