@@ -144,6 +144,7 @@ def train_stage(config: RunConfig, accelerator, callbacks: Sequence[TrainerCallb
         {name: task.head_spec() for name, task in tasks.items()},
         pooling=config.model.pooling,
         classifier_dropout=config.model.classifier_dropout,
+        encoder_only=config.model.encoder_only,
         revision=config.model.revision,
     )
     set_pad_token_id(model, tokenizer)  # the encoder's config records the pad token the tokenizer got

@@ -35,6 +35,14 @@ class ModelConfig:
             "The model saves what auto became."
         },
     )
+    encoder_only: bool | Literal["auto"] = field(
+        default="auto",
+        metadata={
+            "help": "Use only the encoder stack of an encoder-decoder model (T5, mT5, BART, mBART): hfmtl gives "
+            "a backbone no decoder inputs. auto: true exactly for encoder-decoder models; false for one is "
+            "refused. The model saves what auto became."
+        },
+    )
     classifier_dropout: float | None = field(
         default=None, metadata={"help": "Dropout in the heads; defaults to the encoder's hidden dropout."}
     )

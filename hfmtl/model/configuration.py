@@ -12,6 +12,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from ..errors import ConfigError
+from .encoder_stack import resolve_encoder_only
 from .pooling import resolve_pooling
 
 MODEL_TYPE = "hfmtl"
@@ -32,6 +33,9 @@ class MultiTaskConfig(PreTrainedConfig):
         peft: set when the encoder carries PEFT adapters (see `hfmtl.model.adapters`): ``mode`` ('shared' or
             'per_task'), ``adapters`` (their names) and ``base_model`` (where the encoder's own weights
             come from, so that saved adapters can be re-attached).
+        encoder_only: use only the encoder stack of an encoder-decoder encoder config (T5, BART...);
+            'auto' becomes true exactly for those as the config is built (hfmtl/model/encoder_stack.py),
+            and the resolved value is the one saved.
     """
 
     model_type = MODEL_TYPE
@@ -42,10 +46,12 @@ class MultiTaskConfig(PreTrainedConfig):
     pooling: str = "auto"
     classifier_dropout: float | None = None
     peft: dict | None = None
+    encoder_only: bool | str = "auto"
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
         self.pooling = resolve_pooling(self.pooling, self.encoder)
+        self.encoder_only = resolve_encoder_only(self.encoder_only, self.encoder)
         self.tasks = dict(self.tasks or {})
         for spec in self.tasks.values():
             # JSON turns integer keys into strings; heads and users index id2label by int

@@ -29,6 +29,7 @@ from ..tasks import Unsupported, get_task_class
 from . import adapters
 from .backbone import check_model_path, check_same_architecture, encoder_kwargs, portable_reference
 from .configuration import MultiTaskConfig
+from .encoder_stack import encoder_stack, is_encoder_decoder, resolve_encoder_only
 from .pooling import causal_position_ids, is_causal
 from .weights import load_saved_weights
 
@@ -67,6 +68,8 @@ class MultiTaskModel(PreTrainedModel):
         super().__init__(config)
         if encoder is None:
             encoder = AutoModel.from_config(config.encoder, **encoder_kwargs(config.encoder))
+            if config.encoder_only:
+                encoder = encoder_stack(encoder)
         self.encoder = encoder
         # DistilBERT and others take no token_type_ids, while their tokenizers may still produce them
         self.encoder_input_names: set[str] = set(inspect.signature(encoder.forward).parameters)
@@ -90,6 +93,7 @@ class MultiTaskModel(PreTrainedModel):
         tasks: dict[str, dict[str, Any]],
         pooling: str = "auto",
         classifier_dropout: float | None = None,
+        encoder_only: bool | str = "auto",
         **from_pretrained_kwargs: Any,
     ) -> MultiTaskModel:
         """A new multi-task model on a pretrained encoder, with freshly initialised heads.
@@ -99,11 +103,14 @@ class MultiTaskModel(PreTrainedModel):
             tasks: task_name -> head spec (see `Task.head_spec`).
             pooling: 'cls', 'mean', 'last', or 'auto' (the encoder's own: 'last' for a decoder, else 'cls').
             classifier_dropout: dropout in the heads (None: the encoder's hidden dropout).
+            encoder_only: 'auto', True or False: use only the encoder stack of an encoder-decoder model
+                (hfmtl/model/encoder_stack.py).
             **from_pretrained_kwargs: passed to `AutoModel.from_pretrained` (e.g. ``revision``).
         """
         encoder_name_or_path = check_model_path(encoder_name_or_path, "model.name_or_path")
         try:
             encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **from_pretrained_kwargs)
+            use_encoder_stack = resolve_encoder_only(encoder_only, encoder_config)  # before any weights load
             encoder = AutoModel.from_pretrained(
                 encoder_name_or_path, **encoder_kwargs(encoder_config), **from_pretrained_kwargs
             )
@@ -112,13 +119,14 @@ class MultiTaskModel(PreTrainedModel):
         # A config's attention kernel is set recursively on its sub-configs: pass the one the encoder
         # chose, or building MultiTaskConfig would reset the shared encoder config to None (eager).
         config = MultiTaskConfig(
-            encoder=encoder.config,
+            encoder=encoder.config,  # the whole model's config (T5's encoder stack holds an altered copy)
             tasks=tasks,
             pooling=pooling,
             classifier_dropout=classifier_dropout,
             attn_implementation=encoder.config._attn_implementation,
+            encoder_only=use_encoder_stack,
         )
-        return cls(config, encoder=encoder)
+        return cls(config, encoder=encoder_stack(encoder) if use_encoder_stack else encoder)
 
     def _init_weights(self, module: nn.Module) -> None:
         # heads only: the encoder initialises its own modules (and pretrained ones are left alone)
@@ -310,7 +318,8 @@ def load_encoder(
         encoder = AutoModel.from_pretrained(source, revision=revision, **encoder_kwargs(config))
     except OSError as err:
         raise ConfigError(f"{key}={source!r} cannot be loaded: {err}") from err
-    return encoder, None
+    # an encoder-decoder model is used as its encoder stack (encoder_stack.py), its weights too
+    return (encoder_stack(encoder) if is_encoder_decoder(config) else encoder), None
 
 
 def without_compile_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
