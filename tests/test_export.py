@@ -166,6 +166,8 @@ SMALL_ENCODERS = {
     "deberta-v2": transformers.DebertaV2Config(**SMALL, vocab_size=120),
     "electra": transformers.ElectraConfig(**SMALL, vocab_size=120, embedding_size=16),
     "distilbert": transformers.DistilBertConfig(vocab_size=120, dim=32, n_layers=1, n_heads=2, hidden_dim=64),
+    "albert": transformers.AlbertConfig(**SMALL, vocab_size=120, embedding_size=16),
+    "mpnet": transformers.MPNetConfig(**SMALL, vocab_size=120, pad_token_id=1),
 }
 REFUSED = {
     ("deberta", "multiple_choice"),
@@ -193,11 +195,12 @@ def test_every_family_of_the_table_exports_exactly_or_is_refused(family, tmp_pat
             assert (out / "model.safetensors").is_file()
 
 
-def test_an_encoder_type_outside_the_table_is_refused(tmp_path):
-    albert = transformers.AlbertConfig(**TINY, embedding_size=32)
-    model = MultiTaskModel(MultiTaskConfig(encoder=albert.to_dict(), tasks={"ner": HEADS["ner"]}))
-    with pytest.raises(HfmtlError, match="encoder type 'albert' has no known head layout"):
-        export_task(model, "ner", tmp_path / "out")
+def test_a_pooled_head_of_an_encoder_type_outside_the_table_is_refused(tmp_path):
+    qwen2 = transformers.Qwen2Config(**TINY, num_key_value_heads=1, pad_token_id=0)
+    model = MultiTaskModel(MultiTaskConfig(encoder=qwen2.to_dict(), tasks={"rte": HEADS["rte"]}))
+    with pytest.raises(HfmtlError, match="encoder type 'qwen2' has no known layout of a pooled head"):
+        export_task(model, "rte", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_mapping_that_changes_the_logits_is_refused_and_writes_nothing(tmp_path, monkeypatch):

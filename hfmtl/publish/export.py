@@ -36,7 +36,7 @@ from ..model import MultiTaskConfig, MultiTaskModel
 from ..model.adapters import is_peft_model, merged_encoder
 from ..tasks import StandardHead, Unsupported, get_task_class
 from ..tasks.heads import PooledHead, TokenHead
-from .head_layouts import FAMILIES, Family
+from .head_layouts import FAMILIES, Family, classifier_dropout
 
 
 def export_model_dir(
@@ -173,17 +173,17 @@ def _build_standard(model: MultiTaskModel, task_name: str, target: StandardHead)
     """The standard model of the task, holding the encoder's and the head's weights."""
     spec = model.config.tasks[task_name]
     model_type = model.config.encoder.model_type
-    if model_type not in FAMILIES:
+    family = FAMILIES.get(model_type)
+    if family is None and target.layout != "token":
         raise HfmtlError(
-            f"cannot export task {task_name!r}: encoder type {model_type!r} has no known head layout "
-            f"(supported: {', '.join(sorted(FAMILIES))})"
+            f"cannot export task {task_name!r}: encoder type {model_type!r} has no known layout of a pooled "
+            f"head (supported: {', '.join(sorted(FAMILIES))}; token-level tasks export from any family)"
         )
-    family = FAMILIES[model_type]
     head = model.heads[task_name]
     targets = _head_targets(task_name, target, family, head)
 
     config = copy.deepcopy(model.config.encoder)  # from_config writes into it: keep the model's own intact
-    for key, value in family.config(config, head.dropout.p).items():
+    for key, value in (family.config if family else classifier_dropout)(config, head.dropout.p).items():
         setattr(config, key, value)
     # set even where it is None: a value left from the encoder's checkpoint would pick the wrong loss
     config.problem_type = spec.get("problem_type") or target.problem_type
@@ -192,9 +192,14 @@ def _build_standard(model: MultiTaskModel, task_name: str, target: StandardHead)
     config.label2id = {name: i for i, name in config.id2label.items()}
 
     dtype = next(model.encoder.parameters()).dtype
-    standard = target.auto_class.from_config(config, dtype=dtype)
+    try:
+        standard = target.auto_class.from_config(config, dtype=dtype)
+    except ValueError as err:  # the Auto class has no model for this encoder type
+        raise HfmtlError(f"cannot export task {task_name!r}: {' '.join(str(err).split())[:300]}") from err
     base = standard.base_model_prefix
     state = {f"{base}.{key}": value for key, value in model.encoder.state_dict().items()}
+    if family is None:  # a token head of a family without an entry: find its layer in the class itself
+        targets = {"out_proj": _token_layer(task_name, standard, state)}
     for source, destination in targets.items():
         for name, tensor in getattr(head, source).state_dict().items():
             state[f"{destination.format(base=base)}.{name}"] = tensor
@@ -210,10 +215,31 @@ def _build_standard(model: MultiTaskModel, task_name: str, target: StandardHead)
     return standard
 
 
-def _head_targets(task_name: str, target: StandardHead, family: Family, head: nn.Module) -> dict[str, str]:
+def _token_layer(task_name: str, standard: PreTrainedModel, base_state: dict[str, Any]) -> str:
+    """The name of the one linear layer the standard per-token model has beyond its base model (e.g.
+    ``classifier``, ``score``, ``qa_outputs``); raises where its head has more (a dense layer, a norm)."""
+    unmatched = [key for key in standard.state_dict() if key not in base_state]
+    base = standard.base_model_prefix
+    if any(key.startswith(f"{base}.") for key in unmatched):  # e.g. T5's encoder stack vs T5EncoderModel
+        raise HfmtlError(
+            f"cannot export task {task_name!r}: {type(standard).__name__}'s base model is laid out differently "
+            f"from hfmtl's encoder ({type(standard.base_model).__name__} vs the encoder stack it uses)"
+        )
+    extra = sorted({key.rsplit(".", 1)[0] for key in unmatched})
+    layer = standard.get_submodule(extra[0]) if len(extra) == 1 else None
+    if not isinstance(layer, nn.Linear):
+        raise HfmtlError(
+            f"cannot export task {task_name!r} exactly: {type(standard).__name__}'s head has the layers "
+            f"{extra}, where hfmtl's token head is one linear layer"
+        )
+    return extra[0]
+
+
+def _head_targets(task_name: str, target: StandardHead, family: Family | None, head: nn.Module) -> dict[str, str]:
     """Head submodule name -> the standard module it is copied into; raises where there is none."""
     if target.layout == "token":
-        # a TokenHead (dropout -> linear) is the standard per-token head of every family in FAMILIES
+        # a TokenHead (dropout -> linear) is the standard per-token head of every family in FAMILIES; for
+        # another family `_token_layer` finds (and checks) its layer
         if not isinstance(head, TokenHead):
             raise HfmtlError(f"cannot export task {task_name!r}: its head is a {type(head).__name__}, not a TokenHead")
         return {"out_proj": target.token_module}
@@ -247,6 +273,11 @@ def _verify(model: MultiTaskModel, task_name: str, directory: Path, target: Stan
         expected = model(task=task_name, **inputs).logits
         out = exported(**inputs)
     got = torch.stack([out.start_logits, out.end_logits], dim=-1) if hasattr(out, "start_logits") else out.logits
+    if target.layout == "token" and "attention_mask" in inputs and got.shape == expected.shape:
+        # per-token logits at padding positions are read by nothing (loss, pipeline, hfmtl's predictor), and
+        # a decoder gives them other positions than hfmtl does (hfmtl/model/pooling.py): compare real tokens
+        real = inputs["attention_mask"].bool()
+        got, expected = got[real], expected[real]
     # identical weights and ops: anything beyond float noise is a mapping error
     atol, rtol = (1e-5, 1e-4) if expected.dtype == torch.float32 else (1e-2, 1e-2)
     if got.shape != expected.shape:

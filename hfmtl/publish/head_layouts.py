@@ -3,7 +3,8 @@
 A `PooledHead` (first token -> dense -> tanh -> linear) exports exactly only where a family's standard
 ``...ForSequenceClassification`` / ``...ForMultipleChoice`` head computes the same; `FAMILIES` names the
 modules its two layers go to, or why there is no exact equivalent. An encoder type missing here is
-refused by the export. A `TokenHead` maps onto every family's per-token linear layer and needs no entry.
+refused by the export for those heads. A `TokenHead` needs no entry: the export finds the one linear
+layer of the family's standard per-token head in the transformers class itself (export.py).
 
 Example:
     >>> FAMILIES["bert"].sequence
@@ -81,4 +82,6 @@ FAMILIES: dict[str, Family] = {
         config=_electra_config,
     ),
     "distilbert": Family(sequence=_DISTILBERT, choice=_DISTILBERT),
+    "albert": Family(sequence=("{base}.pooler", "classifier"), choice=("{base}.pooler", "classifier")),
+    "mpnet": Family(sequence=("classifier.dense", "classifier.out_proj"), choice=_POOLER),
 }
