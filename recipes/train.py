@@ -31,6 +31,7 @@ from hfmtl.config import RunConfig, save_config
 from hfmtl.config.stages import plan_stages, write_stages_summary
 from hfmtl.errors import exit_status_of
 from hfmtl.model.adapters import add_adapters
+from hfmtl.model.backbone import enable_gradient_checkpointing
 from hfmtl.model.pad_token import set_pad_token_id
 from hfmtl.model.transfer import initialize_from
 from hfmtl.publish.callbacks import HubPushCallback, ModelCardCallback
@@ -158,6 +159,8 @@ def train_stage(config: RunConfig, accelerator, callbacks: Sequence[TrainerCallb
             base_model=config.model.init_from or config.model.name_or_path,
             total_steps=config.train.max_steps or 0,
         )
+    if config.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
 
     # 5. One run at a time in output_dir: a lock, held to the end (hfmtl/training/run_lock.py). Then the
     #    trainer, and the checkpoint to resume: accepted only if it continues this same training -- a

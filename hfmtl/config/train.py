@@ -112,6 +112,13 @@ class TrainConfig:
             "`accelerate config` says (else no). fp16 needs a GPU."
         },
     )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute the encoder's activations in the backward pass instead of keeping them: less "
+            "memory, about a third more compute. For any encoder whose transformers class supports it."
+        },
+    )
     torch_compile: bool | None = field(
         default=None,
         metadata={

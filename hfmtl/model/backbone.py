@@ -188,3 +188,23 @@ def encoder_layer_groups(encoder: nn.Module) -> list[list[nn.Parameter]]:
     for param in encoder.parameters():  # deduplicated: a tied parameter is listed once
         groups[owner.get(id(param), 0)].append(param)
     return groups
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """``train.gradient_checkpointing``: recompute the encoder's activations in backward.
+
+    Non-reentrant checkpointing (``use_reentrant=False``), which needs no input that requires grad, so it
+    also works under frozen embeddings and PEFT adapters.
+
+    Raises:
+        ConfigError: the encoder's transformers class does not support gradient checkpointing.
+    """
+    encoder = getattr(model, "encoder", model)
+    base = getattr(encoder, "get_base_model", lambda: encoder)()  # under a PEFT wrapper: the encoder itself
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"train.gradient_checkpointing: {type(base).__name__} does not support gradient checkpointing; "
+            "set it to false"
+        )
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+

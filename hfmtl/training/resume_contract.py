@@ -10,8 +10,8 @@ compares that with the config it is given, before it loads or writes anything (`
   the old settings in places and the new ones elsewhere, and config.yaml and the card would claim
   settings the weights were never trained with. What is not listed as safe is refused: a config key
   added later is refused on a resume until someone decides it is safe;
-- `SAFE_TRAIN_KEYS` -- logging, evaluation and checkpoint frequency, output, trackers, Hub -- may
-  change: each change is logged;
+- `SAFE_TRAIN_KEYS` -- logging, evaluation and checkpoint frequency, output, trackers, Hub, gradient
+  checkpointing -- may change: each change is logged;
 - the length (``train.max_steps``, ``num_train_epochs``) changes only on purpose, with
   ``train.resume_extend_max_steps``, and never below the checkpoint's step. The learning-rate schedule
   is then recomputed for the new length.
@@ -58,6 +58,8 @@ SAFE_TRAIN_KEYS = frozenset(
         "hub_model_id",
         "hub_private_repo",
         "hub_strategy",
+        # recomputing activations replays the same forward (dropout RNG included): memory, not trajectory
+        "gradient_checkpointing",
     }
 )
 LENGTH_KEYS = ("train.max_steps", "train.num_train_epochs")
