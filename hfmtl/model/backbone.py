@@ -207,4 +207,3 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
             "set it to false"
         )
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
