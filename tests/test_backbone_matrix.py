@@ -46,7 +46,7 @@ HEADS = {
     "cls": {"type": "classification", "num_labels": 3, "id2label": {0: "a", 1: "b", 2: "c"}},
     "tag": {"type": "token_classification", "num_labels": 4, "id2label": {i: f"T{i}" for i in range(4)}},
 }
-_NO_POOLED_LAYOUT = "has no known layout of a pooled head"
+_OTHER_BASE = "base model is laid out differently from hfmtl's encoder"
 # family -> (sequence classification, token classification): None = exported, else the refusal's words
 EXPORTS: dict[str, tuple[str | None, str | None]] = {
     "bert": (None, None),
@@ -57,11 +57,14 @@ EXPORTS: dict[str, tuple[str | None, str | None]] = {
     "distilbert": ("applies a fixed ReLU after pre_classifier", None),
     "albert": (None, None),
     "mpnet": (None, None),
-    "modernbert": (_NO_POOLED_LAYOUT, "head has the layers ['classifier', 'head.dense', 'head.norm']"),
-    "qwen2": (_NO_POOLED_LAYOUT, None),
-    "llama": (_NO_POOLED_LAYOUT, None),
-    "t5": (_NO_POOLED_LAYOUT, "base model is laid out differently from hfmtl's encoder"),
-    "bart": (_NO_POOLED_LAYOUT, "Unrecognized configuration class"),
+    "modernbert": (
+        "ModernBertForSequenceClassification's head is ['classifier', 'head.dense', 'head.norm']",
+        "head has the layers ['classifier', 'head.dense', 'head.norm']",
+    ),
+    "qwen2": ("Qwen2ForSequenceClassification's head is ['score'], where hfmtl's is dense -> tanh -> linear", None),
+    "llama": ("LlamaForSequenceClassification's head is ['score'], where hfmtl's is dense -> tanh -> linear", None),
+    "t5": (_OTHER_BASE, _OTHER_BASE),
+    "bart": (_OTHER_BASE, "Unrecognized configuration class"),
 }
 
 

@@ -175,10 +175,7 @@ def _build_standard(model: MultiTaskModel, task_name: str, target: StandardHead)
     model_type = model.config.encoder.model_type
     family = FAMILIES.get(model_type)
     if family is None and target.layout != "token":
-        raise HfmtlError(
-            f"cannot export task {task_name!r}: encoder type {model_type!r} has no known layout of a pooled "
-            f"head (supported: {', '.join(sorted(FAMILIES))}; token-level tasks export from any family)"
-        )
+        raise _pooled_head_refusal(model, task_name, target)
     head = model.heads[task_name]
     targets = _head_targets(task_name, target, family, head)
 
@@ -213,6 +210,32 @@ def _build_standard(model: MultiTaskModel, task_name: str, target: StandardHead)
             f"(missing: {sorted(missing)}, unexpected: {sorted(unexpected)})"
         )
     return standard
+
+
+def _pooled_head_refusal(model: MultiTaskModel, task_name: str, target: StandardHead) -> HfmtlError:
+    """Why a pooled head of an encoder type without a `FAMILIES` entry cannot export: what the standard
+    class has in its place, read from the class itself (built on the meta device: no memory)."""
+    model_type = model.config.encoder.model_type
+    try:
+        with torch.device("meta"):
+            standard = target.auto_class.from_config(copy.deepcopy(model.config.encoder))
+    except ValueError:
+        return HfmtlError(
+            f"cannot export task {task_name!r}: transformers has no {target.auto_class.__name__} for {model_type!r}"
+        )
+    ours = {f"{standard.base_model_prefix}.{key}" for key in model.encoder.state_dict()}
+    unmatched = [key for key in standard.state_dict() if key not in ours]
+    name = type(standard).__name__
+    if any(key.startswith(f"{standard.base_model_prefix}.") for key in unmatched):
+        return HfmtlError(
+            f"cannot export task {task_name!r}: {name}'s base model is laid out differently from hfmtl's encoder"
+        )
+    layers = sorted({key.rsplit(".", 1)[0] for key in unmatched})
+    return HfmtlError(
+        f"cannot export task {task_name!r} exactly: {name}'s head is {layers}, where hfmtl's is dense -> tanh -> "
+        f"linear on the {model.heads[task_name].pooling!r} token (pooled heads export for: "
+        f"{', '.join(sorted(FAMILIES))})"
+    )
 
 
 def _token_layer(task_name: str, standard: PreTrainedModel, base_state: dict[str, Any]) -> str:
