@@ -8,7 +8,7 @@ import json
 import datasets
 import pytest
 import torch
-from conftest import TASK_CONFIGS, CrashAt, make_config, reset_accelerate_state, run_recipe, write_config
+from conftest import DATA, TASK_CONFIGS, CrashAt, make_config, reset_accelerate_state, run_recipe, write_config
 from safetensors.torch import load_file
 
 from hfmtl import build_task, load_config
@@ -182,3 +182,133 @@ def test_a_run_killed_mid_stream_resumes_to_the_same_weights(tiny_encoder_dir, t
     history_a = json.loads((straight / "metrics.json").read_text())["history"]
     history_b = json.loads((resumed / "metrics.json").read_text())["history"]
     assert history_a == history_b and [e["step"] for e in history_a] == [7, 14]
+
+
+DDP_WORKER = """
+import hashlib, json, os, runpy, sys
+from pathlib import Path
+
+import torch
+
+from hfmtl.training.callbacks import TrainerCallback
+
+
+class Record(TrainerCallback):
+    def __init__(self):
+        self.rte = []
+
+    def on_train_begin(self, trainer):
+        take = trainer.batches.next
+
+        def recording(name):
+            batch = take(name)
+            if name == "rte":
+                self.rte.append(batch["input_ids"].tolist())
+            return batch
+
+        trainer.batches.next = recording
+
+    def on_step_begin(self, trainer, step, task_names):
+        if step == int(os.environ.get("CRASH_AT", "0")):
+            self.write(trainer, step)
+            raise KeyboardInterrupt("simulated crash")
+
+    def write(self, trainer, step):
+        acc = trainer.accelerator
+        digest = hashlib.sha256()
+        for name, param in sorted(acc.unwrap_model(trainer.model).state_dict().items()):
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+        record = {"params": digest.hexdigest(), "rte": self.rte, "positions": trainer.state.positions}
+        out = Path(trainer.args.output_dir) / f"rank{acc.process_index}-{os.environ.get('CRASH_AT', 'end')}.json"
+        out.write_text(json.dumps(record))
+
+
+recorder = Record()
+recipe = runpy.run_path(sys.argv[1], run_name="recipe")
+trainer = recipe["run"](recipe["parse_args"](sys.argv[2:]), callbacks=[recorder])
+recorder.write(trainer, trainer.state.global_step)
+"""
+
+
+def _launch(tmp_path, config_path, *overrides, crash_at: int | None = None):
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import REPO_ROOT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER)
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+    cmd += [str(worker), str(REPO_ROOT / "recipes" / "train.py"), "--cpu", "--config", str(config_path), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CRASH_AT": str(crash_at or 0)}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO_ROOT)
+
+
+@pytest.mark.slow
+def test_two_processes_read_their_own_files_of_a_stream_and_resume_mid_stream(tiny_encoder_dir, tmp_path):
+    """Under gloo DDP, a stream of two files gives each process one (split_dataset_by_node): process 0
+    reads 40 rows (5 batches a pass), process 1 reads 16 (2 a pass), so their positions differ. A
+    checkpoint holds each process's own, and a two-process run killed after it resumes to the
+    uninterrupted run's weights and evaluations."""
+    lines = (DATA / "rte" / "train.jsonl").read_text().splitlines()
+    parts = {"a": lines[:40], "b": lines[40:56]}
+    for name, part in parts.items():
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(part) + "\n")
+    files = {
+        "train": [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")],
+        "validation": str(DATA / "rte" / "validation.jsonl"),
+    }
+    tasks = {"rte": {**STREAMED_RTE, "data_files": files, "max_train_samples": None}, "stsb": TASK_CONFIGS["stsb"]}
+    common = {"max_steps": 10, "save_steps": 5, "eval_steps": 5, "load_best_model_at_end": False}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    a = write_config(tmp_path / "a.yaml", _config(tiny_encoder_dir, straight, tasks, **common))
+    proc = _launch(tmp_path, a)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((straight / f"rank{r}-end.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["params"] == ranks[1]["params"]
+
+    # every process's batches are its own file's rows, in order, pass after pass
+    tokenizer = load_tokenizer(load_config(a).model)
+    for rank, (name, per_pass) in enumerate([("a", 5), ("b", 2)]):
+        one_file = {"rte": {**TASK_CONFIGS["rte"], "data_files": {**files, "train": str(tmp_path / f"{name}.jsonl")}}}
+        config = _config(tiny_encoder_dir, tmp_path / name, one_file)
+        config["tasks"]["rte"]["max_train_samples"] = None
+        task = build_task("rte", load_config(write_config(tmp_path / f"{name}.yaml", config)).tasks["rte"])
+        rows = prepare_task_data(task, tokenizer, 64, _no_wait).train
+        assert len(rows) == len(parts[name])
+        batches = ranks[rank]["rte"]
+        assert batches, f"process {rank} drew no rte batch"
+        for i, input_ids in enumerate(batches):
+            first = (i % per_pass) * 8
+            expected = task.collate([rows[j] for j in range(first, first + 8)], tokenizer)["input_ids"]
+            assert input_ids == expected.tolist(), f"process {rank}, batch {i}"
+
+    b = write_config(tmp_path / "b.yaml", _config(tiny_encoder_dir, resumed, tasks, **common))
+    crashed = _launch(tmp_path, b, crash_at=8)
+    assert crashed.returncode != 0 and latest_checkpoint(resumed).name == "checkpoint-5"
+    saved = torch.load(latest_checkpoint(resumed) / "custom_checkpoint_1.pkl", weights_only=False)
+    by_process = saved["positions"]["rte"]["processes"]
+    assert len(by_process) == 2 and all(p["stream"] is not None for p in by_process)
+    assert [(p["epoch"], p["batches"]) for p in by_process] != [(by_process[0]["epoch"], by_process[0]["batches"])] * 2
+    proc = _launch(tmp_path, b, "train.resume_from_checkpoint=latest")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = [json.loads((resumed / f"rank{r}-end.json").read_text()) for r in (0, 1)]
+    assert after[0]["params"] == after[1]["params"] == ranks[0]["params"]
+    history_a = json.loads((straight / "metrics.json").read_text())["history"]
+    assert json.loads((resumed / "metrics.json").read_text())["history"] == history_a
+
+
+def _no_wait():
+    import contextlib
+
+    return contextlib.nullcontext()

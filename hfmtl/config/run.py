@@ -63,7 +63,7 @@ class RunConfig:
     def _check_streaming(self) -> None:
         """A streaming task's size is unknown until its stream is read (hfmtl/training/streaming.py): what
         needs every task's size needs it declared, before anything is loaded."""
-        streams = [name for name, task in self.tasks.items() if getattr(task, "streaming", False)]
+        streams = [name for name, task in self.tasks.items() if task.streaming]
         if streams and self.train.dataloader_num_workers:
             raise ConfigError(
                 f"task {streams[0]!r} is streamed in the training process, whose stream position is checkpointed: "
