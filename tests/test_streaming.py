@@ -315,3 +315,30 @@ def _no_wait():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize(
+    ("problem", "message"),
+    [
+        ("null", "line 4 (split 'train', row 3): column 'sentence1' is null; every row needs a text"),
+        ("unparsable", "line 3: not valid JSON"),
+    ],
+)
+def test_a_bad_row_at_the_start_of_a_stream_is_named_before_training(tiny_encoder_dir, tmp_path, problem, message):
+    from transformers import AutoTokenizer
+
+    from hfmtl.errors import DataError
+    from hfmtl.tasks.registry import task_config_from_dict
+
+    lines = (DATA / "rte" / "train.jsonl").read_text().splitlines()[:20]
+    row = json.loads(lines[3])
+    row["sentence1"] = None
+    bad = lines[:3] + [json.dumps(row)] + lines[4:] if problem == "null" else lines[:2] + ['{"idx": 2,'] + lines[3:]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(bad) + "\n")
+    files = {"train": str(path), "validation": str(DATA / "rte" / "validation.jsonl")}
+    task = build_task("rte", task_config_from_dict("rte", {**STREAMED_RTE, "data_files": files}))
+    with pytest.raises(DataError) as caught:
+        prepare_task_data(task, AutoTokenizer.from_pretrained(tiny_encoder_dir), 64, _no_wait)
+    assert str(caught.value).startswith(f"task 'rte': {str(path)!r} {message}")  # the file's own line
+    assert "\n" not in str(caught.value)

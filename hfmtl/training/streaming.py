@@ -54,6 +54,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -66,6 +67,7 @@ from torch.utils.data import DataLoader
 from ..config import TrainConfig
 from ..errors import DataError
 from ..tasks import Task
+from .bad_rows import describe_unreadable, reader_logs_silenced
 
 logger = logging.getLogger("hfmtl")
 
@@ -85,12 +87,17 @@ def stream_head(task: Task, stream: datasets.IterableDataset, rows: int = CHECK_
         DataError: the stream cannot be read there (a line the reader cannot parse, the Hub unreachable).
     """
     try:
-        head = list(stream.take(rows))
+        with reader_logs_silenced():
+            head = list(stream.take(rows))
     except (datasets.exceptions.DatasetGenerationError, ValueError, OSError) as err:
+        files = (task.config.data_files or {}).get(task.config.train_split) or []
+        files = [files] if isinstance(files, str) else list(files)
+        builder = task.config.dataset or (Path(files[0]).suffix.lower().lstrip(".") if files else "")
+        place = describe_unreadable(files, "json" if builder in ("json", "jsonl") else builder)
         cause = err.__cause__ or err
-        reason = (str(cause).strip().splitlines() or [""])[0]
+        reason = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
         raise DataError(
-            f"task {task.name!r}: cannot read the start of its train stream: {type(cause).__name__}: {reason}"
+            f"task {task.name!r}: {place or 'cannot read the start of its train stream: ' + reason}"
         ) from err
     if not head:
         return datasets.Dataset.from_dict({name: [] for name in stream.column_names or []})
