@@ -315,11 +315,7 @@ def build_eval_loader(
 
 
 def build_loaders(
-    tasks: dict[str, Task],
-    data: dict[str, TaskData],
-    tokenizer,
-    batch_sizes: dict[str, int],
-    args: TrainConfig,
+    tasks: dict[str, Task], data: dict[str, TaskData], tokenizer, batch_sizes: dict[str, int], args: TrainConfig
 ) -> tuple[dict[str, DataLoader], dict[str, DataLoader]]:
     """Every task's training loader (the i-th task's seeded with ``train.seed + i``: tasks are shuffled
     independently; a streaming task's reads this process's part of its stream) and, for each task with
