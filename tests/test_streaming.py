@@ -342,3 +342,25 @@ def test_a_bad_row_at_the_start_of_a_stream_is_named_before_training(tiny_encode
         prepare_task_data(task, AutoTokenizer.from_pretrained(tiny_encoder_dir), 64, _no_wait)
     assert str(caught.value).startswith(f"task 'rte': {str(path)!r} {message}")  # the file's own line
     assert "\n" not in str(caught.value)
+
+
+def test_a_bad_row_met_in_training_is_named_by_its_file_and_line(tiny_encoder_dir, tmp_path, monkeypatch):
+    """Past the checked head (lowered to 10 rows here), a row the task cannot preprocess stops the run
+    when the loader reaches it: one line naming the file and line, not a traceback from the tokenizer."""
+    from hfmtl.errors import BadRowError
+    from hfmtl.training import streaming
+
+    monkeypatch.setattr(streaming, "CHECK_ROWS", 10)
+    lines = (DATA / "rte" / "train.jsonl").read_text().splitlines()[:40]
+    row = json.loads(lines[13])
+    row["sentence1"] = None
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join([*lines[:13], json.dumps(row), *lines[14:]]) + "\n")
+    files = {"train": str(path), "validation": str(DATA / "rte" / "validation.jsonl")}
+    tasks = {"rte": {**STREAMED_RTE, "data_files": files}}
+    out = tmp_path / "out"
+    with pytest.raises(BadRowError) as caught:
+        run_recipe(write_config(tmp_path / "c.yaml", _config(tiny_encoder_dir, out, tasks, max_steps=4)))
+    message = str(caught.value)
+    assert message.startswith(f"task 'rte': {str(path)!r} line 14 (split 'train', row 13): cannot be preprocessed (")
+    assert "\n" not in message

@@ -176,7 +176,7 @@ def prepare_task_data(task: Task, tokenizer, max_length: int, main_process_first
     if train_features is not None and len(train_features) == 0:
         raise DataError(f"task {task.name!r}: no training features after tokenization")
     if is_stream(raw.get("train")):
-        train_features = tokenize_stream(raw["train"], preprocess["train"], kwargs, checked["train"].column_names)
+        train_features = tokenize_stream(task, raw["train"], kwargs, checked["train"].column_names, _located)
     return TaskData(train=train_features, eval_features=features.get("eval"), eval_examples=raw.get("eval"))
 
 

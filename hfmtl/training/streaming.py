@@ -8,9 +8,10 @@ tokenized in memory, as any other task's.
 
 Before training, the stream's first `CHECK_ROWS` rows are read into memory and go through the same
 checks as an in-memory split (`Task.setup`: columns, texts, labels; then the task's preprocessing), so
-that a wrong column or a bad row there is the usual one-line error naming its file and line. A bad row
-further down the stream stops the run when the loader reaches it. Labels given as strings are resolved
-from those rows and the eval split: set the task's ``label_names`` when the stream may hold others.
+that a wrong column or a bad row there is the usual one-line error naming its file and line. A row
+further down that the task cannot preprocess stops the run when the loader reaches it, with the same
+one-line error (`tokenize_stream`). Labels given as strings are resolved from those rows and the eval
+split: set the task's ``label_names`` when the stream may hold others (one outside them stops the run).
 
 What a stream changes:
 
@@ -53,7 +54,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
-from ..errors import DataError
+from ..errors import BadRowError, DataError, HfmtlError
 from ..tasks import Task
 from .bad_rows import describe_unreadable, reader_logs_silenced
 
@@ -80,15 +81,16 @@ def is_stream(dataset: Any) -> bool:
     return isinstance(dataset, datasets.IterableDataset)
 
 
-def stream_head(task: Task, stream: datasets.IterableDataset, rows: int = CHECK_ROWS) -> datasets.Dataset:
-    """The first `rows` rows of `stream`, in memory: what the task's checks and a bad row's search read.
+def stream_head(task: Task, stream: datasets.IterableDataset, rows: int | None = None) -> datasets.Dataset:
+    """The first `rows` (default `CHECK_ROWS`) rows of `stream`, in memory: what the task's checks and a
+    bad row's search read.
 
     Raises:
         DataError: the stream cannot be read there (a line the reader cannot parse, the Hub unreachable).
     """
     try:
         with reader_logs_silenced():
-            head = list(stream.take(rows))
+            head = list(stream.take(rows or CHECK_ROWS))
     except (datasets.exceptions.DatasetGenerationError, ValueError, OSError) as err:
         files = (task.config.data_files or {}).get(task.config.train_split) or []
         files = [files] if isinstance(files, str) else list(files)
@@ -104,10 +106,46 @@ def stream_head(task: Task, stream: datasets.IterableDataset, rows: int = CHECK_
     return datasets.Dataset.from_list(head, features=stream.features)
 
 
-def tokenize_stream(stream: datasets.IterableDataset, preprocess, kwargs: dict, columns: list[str]):
-    """`stream` tokenized on the fly by `preprocess` (a task's batched preprocessing), its raw `columns`
-    dropped. `IterableDataset.map` runs as the loader reads: it takes no ``desc`` and writes no cache."""
-    return stream.map(preprocess, batched=True, fn_kwargs=kwargs, remove_columns=columns)
+def tokenize_stream(
+    task: Task,
+    stream: datasets.IterableDataset,
+    kwargs: dict[str, Any],
+    columns: list[str],
+    locate: Callable[[Task, BadRowError], BadRowError],
+) -> datasets.IterableDataset:
+    """`stream` tokenized on the fly by `task.preprocess` (with `kwargs`), its raw `columns` dropped.
+    `IterableDataset.map` runs as the loader reads: it takes no ``desc`` and writes no cache.
+
+    A row past the checked head that the task cannot preprocess stops the run with a `BadRowError`
+    naming the row; on one process `locate` adds its file and line (under DDP the index counts the rows
+    of this process's part of the stream, so the error says which process's part instead).
+    """
+    wrapped = {"preprocess": task.preprocess, "task": task, "locate": locate, "kwargs": kwargs}
+    return stream.map(
+        _preprocess_naming_the_row, batched=True, with_indices=True, fn_kwargs=wrapped, remove_columns=columns
+    )
+
+
+def _preprocess_naming_the_row(examples: dict[str, list], indices: list[int], *, preprocess, task, locate, kwargs):
+    try:
+        return preprocess(examples, **kwargs)
+    except (TypeError, ValueError, KeyError, IndexError) as err:
+        for offset, index in enumerate(indices):  # the batch's first row that fails on its own
+            try:
+                preprocess({key: values[offset : offset + 1] for key, values in examples.items()}, **kwargs)
+            except (TypeError, ValueError, KeyError, IndexError) as row_err:
+                if isinstance(row_err, HfmtlError):  # the task's own message
+                    problem = str(row_err).removeprefix(f"task {task.name!r}: ")
+                else:
+                    problem = f"cannot be preprocessed ({type(row_err).__name__}: {row_err})".replace("\n", " ")
+                process = PartialState()
+                if process.num_processes == 1:
+                    raise locate(task, BadRowError(task.name, task.config.train_split, index, None, problem)) from err
+                raise DataError(
+                    f"task {task.name!r}: row {index} of process {process.process_index}'s part of its train "
+                    f"stream {problem}"
+                ) from err
+        raise
 
 
 def train_sizes(tasks: Mapping[str, Task], train_data: Mapping[str, Any]) -> dict[str, int | None]:
