@@ -52,7 +52,8 @@ class RunRecord:
     """The evaluations of one training and, once it finished, what it used and took.
 
     Attributes:
-        history: one entry per evaluation: ``step``, ``epoch`` and ``eval/<task>/<metric>`` values.
+        history: one entry per evaluation: ``step``, ``epoch`` (absent when a streaming task's size is
+            unknown: hfmtl/training/streaming.py) and ``eval/<task>/<metric>`` values.
         best_step: the step of the best evaluation so far (None: nothing evaluated).
         best_metric: the key that chose it (``eval/mean`` unless ``train.metric_for_best_model``).
         best_value: its value at `best_step`.

@@ -40,6 +40,7 @@ from hfmtl.cli.args import add_config_arguments, parse_with_config
 from hfmtl.errors import ConfigError, exit_status_of
 from hfmtl.tasks import Unsupported
 from hfmtl.training.data import build_train_loader, load_tokenizer, prepare_task_data
+from hfmtl.training.streaming import build_stream_loader, is_stream
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -121,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     groups = [{} for _ in range(args.batches)]
     for index, (name, task) in enumerate(tasks.items()):
         batch_size = task.config.batch_size or config.train.per_device_train_batch_size
-        loader = build_train_loader(task, data[name].train, tokenizer, batch_size, config.train.seed + index, False)
+        if is_stream(data[name].train):  # its first batches, in stream order
+            loader = build_stream_loader(task, data[name].train, tokenizer, batch_size, config.train)
+        else:
+            loader = build_train_loader(task, data[name].train, tokenizer, batch_size, config.train.seed + index, False)
         batches = itertools.cycle(loader)  # a task with fewer batches than --batches reuses its own
         for group in groups:
             group[name] = next(batches)

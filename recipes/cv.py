@@ -71,6 +71,12 @@ def run(args: argparse.Namespace) -> dict:
         )
     if args.folds < 2:
         raise ConfigError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
+    streamed = [name for name, task in config.tasks.items() if task.streaming]
+    if streamed:
+        raise ConfigError(
+            f"task {streamed[0]!r} is streamed: cross-validation cuts every task's rows into folds; set "
+            f"tasks.{streamed[0]}.streaming=false"
+        )
     resume = config.train.resume_from_checkpoint
     if resume not in (None, "latest"):
         raise ConfigError(

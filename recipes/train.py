@@ -42,6 +42,7 @@ from hfmtl.training.resume_contract import check_finished_run
 from hfmtl.training.run_dir import start_over
 from hfmtl.training.run_lock import hold_run_lock
 from hfmtl.training.setup import build_accelerator, check_output_dir, logger, setup_logging
+from hfmtl.training.streaming import is_stream
 from hfmtl.training.trainer import MultiTaskTrainer
 
 # A worker of `accelerate launch` / torchrun ends when the launcher is killed, instead of training on as
@@ -131,10 +132,10 @@ def train_stage(config: RunConfig, accelerator, callbacks: Sequence[TrainerCallb
     for name, task_data in data.items():
         n_eval = len(task_data.eval_features) if task_data.eval_features is not None else 0
         logger.info(
-            "task %s (%s): %d train / %d eval features",
+            "task %s (%s): %s train / %d eval features",
             name,
             tasks[name].type_name,
-            len(task_data.train),
+            "streamed" if is_stream(task_data.train) else len(task_data.train),  # a stream is not counted
             n_eval,
         )
 

@@ -58,6 +58,31 @@ class RunConfig:
             )
         if self.peft is not None and self.train.freezes_encoder_parts:
             raise ConfigError("peft already freezes the encoder's weights: drop train.freeze_* (or peft)")
+        self._check_streaming()
+
+    def _check_streaming(self) -> None:
+        """A streaming task's size is unknown until its stream is read (hfmtl/training/streaming.py): what
+        needs every task's size needs it declared, before anything is loaded."""
+        streams = [name for name, task in self.tasks.items() if task.streaming]
+        if streams and self.train.dataloader_num_workers:
+            raise ConfigError(
+                f"task {streams[0]!r} is streamed in the training process, whose stream position is checkpointed: "
+                "set train.dataloader_num_workers=0 (or streaming: false)"
+            )
+        unsized = [name for name in streams if self.tasks[name].num_train_examples is None]
+        if not unsized:
+            return
+        key = f"tasks.{unsized[0]}.num_train_examples"
+        if self.sampling.strategy in ("proportional", "temperature"):
+            raise ConfigError(
+                f"sampling.strategy={self.sampling.strategy!r} needs every task's size and streaming task "
+                f"{unsized[0]!r} has none: set {key}, or sampling.strategy to weights, uniform or round_robin"
+            )
+        if self.train.max_steps is None:
+            raise ConfigError(
+                f"train.num_train_epochs needs every task's size and streaming task {unsized[0]!r} has none: "
+                f"set train.max_steps, or {key}"
+            )
 
     def _check_stages(self) -> None:
         if not self.stages:

@@ -57,6 +57,20 @@ class TaskConfig:
         default="validation", metadata={"help": "Split to evaluate on; null: this task is not evaluated."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N examples only."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the train split as a stream (datasets' IterableDataset), tokenized on the fly, in "
+            "stream order; the eval split is loaded in memory (see hfmtl/training/streaming.py)."
+        },
+    )
+    num_train_examples: int | None = field(
+        default=None,
+        metadata={
+            "help": "With streaming: the stream's number of training examples, which cannot be counted before "
+            "training; needed by proportional and temperature sampling and by num_train_epochs."
+        },
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N examples only."})
     batch_size: int | None = field(
         default=None,
@@ -79,10 +93,12 @@ class TaskConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("max_train_samples", "max_eval_samples", "batch_size", "max_length"):
+        for name in ("max_train_samples", "max_eval_samples", "batch_size", "max_length", "num_train_examples"):
             check_positive(name, getattr(self, name))  # task_config_from_dict adds "tasks.<task>."
         if self.dataset is None and not self.data_files:
             raise ConfigError("dataset is not set: give `dataset` (a Hub id) or `data_files` (local files per split)")
+        if self.num_train_examples is not None and not self.streaming:
+            raise ConfigError("num_train_examples applies to a streaming task (streaming: true); drop it")
 
 
 class Task(abc.ABC):

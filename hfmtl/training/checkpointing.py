@@ -219,15 +219,17 @@ class TrainingState:
         self.best_step: int | None = None
 
     @property
-    def positions(self) -> dict[str, dict[str, int]]:
-        """task_name -> ``{"epoch": pass over its data, "batches": batches of that pass used}``."""
+    def positions(self) -> dict[str, dict[str, Any]]:
+        """task_name -> ``{"epoch": pass over its data, "batches": batches of that pass used}`` (and for a
+        streaming task ``"stream"``: where its stream stands, batches.py)."""
         return self.batches.positions
 
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint holds (`Accelerator.save_state` calls this on every process)."""
         return {
             "global_step": self.global_step,
             "sampler": self.sampler.state_dict(),
-            "positions": self.positions,
+            "positions": self.batches.saved_positions(),
             "best_metric": self.best_metric,
             "best_step": self.best_step,
         }

@@ -27,6 +27,7 @@ from ..model.backbone import check_model_path
 from ..model.pad_token import ensure_pad_token
 from ..tasks import Task
 from .bad_rows import describe_unreadable, first_failing_row, locate_row, reader_logs_silenced
+from .streaming import build_stream_loader, is_stream, stream_head, tokenize_stream
 
 # file suffix -> (datasets builder, extra builder kwargs)
 _BUILDERS = {
@@ -40,10 +41,10 @@ _BUILDERS = {
 
 @dataclass
 class TaskData:
-    """A task's tokenized train features, and its eval features with the raw eval examples behind them
-    (QA maps predictions back to context text through them)."""
+    """A task's tokenized train features (a stream for a streaming task: hfmtl/training/streaming.py), and
+    its eval features with the raw eval examples behind them (QA maps predictions back to context text)."""
 
-    train: datasets.Dataset | None
+    train: datasets.Dataset | datasets.IterableDataset | None
     eval_features: datasets.Dataset | None
     eval_examples: datasets.Dataset | None
 
@@ -88,8 +89,9 @@ def _builder_for(task_name: str, data_files: dict[str, Any], dataset: str | None
     return _BUILDERS[next(iter(suffixes))]
 
 
-def load_raw_splits(task: Task, train: bool = True) -> dict[str, datasets.Dataset]:
-    """The task's raw train (unless `train` is False) and eval splits, cut to max_*_samples.
+def load_raw_splits(task: Task, train: bool = True) -> dict[str, datasets.Dataset | datasets.IterableDataset]:
+    """The task's raw train (unless `train` is False; a stream with ``streaming``) and eval splits, cut to
+    max_*_samples.
 
     Raises:
         DataError: a file is missing or cannot be read (naming its line), a split is not there, or the Hub
@@ -120,17 +122,18 @@ def load_raw_splits(task: Task, train: bool = True) -> dict[str, datasets.Datase
     for role, split in wanted.items():
         # one split per call (and per cache entry): each infers its own columns
         files = {"data_files": {split: c.data_files[split]}} if c.data_files else {}
+        streaming = role == "train" and c.streaming
         try:
             with reader_logs_silenced():
-                ds = datasets.load_dataset(path, split=split, **builder_kwargs, **files)
+                ds = datasets.load_dataset(path, split=split, streaming=streaming, **builder_kwargs, **files)
         except datasets.exceptions.DatasetGenerationError as err:  # a file the reader cannot parse
             raise DataError(_unreadable(task, split, path, err)) from err
         except (FileNotFoundError, ConnectionError, ValueError) as err:
             # datasets raises these for an unknown Hub id, no network, or a missing split
             raise DataError(f"task {task.name!r}: cannot load split {split!r} of {path!r}: {err}") from err
         limit = c.max_train_samples if role == "train" else c.max_eval_samples
-        if limit is not None and limit < len(ds):
-            ds = ds.select(range(limit))
+        if limit is not None and (streaming or limit < len(ds)):
+            ds = ds.take(limit) if streaming else ds.select(range(limit))
         splits[role] = ds
     return splits
 
@@ -147,13 +150,15 @@ def prepare_task_data(task: Task, tokenizer, max_length: int, main_process_first
     """
     raw = load_raw_splits(task, train)
     roles = {"train": task.config.train_split, "eval": task.config.eval_split}
-    setup_task(task, raw)
+    # a stream is checked (and its preprocessing tried) on its first rows, then tokenized as it is read
+    checked = {role: stream_head(task, ds) if is_stream(ds) else ds for role, ds in raw.items()}
+    setup_task(task, checked)
     max_length = task.config.max_length or max_length
     preprocess = {"train": task.preprocess, "eval": task.preprocess_eval}
     kwargs = {"tokenizer": tokenizer, "max_length": max_length}
     with main_process_first():
         features = {}
-        for role, ds in raw.items():
+        for role, ds in checked.items():
             try:
                 features[role] = ds.map(
                     preprocess[role],
@@ -174,6 +179,8 @@ def prepare_task_data(task: Task, tokenizer, max_length: int, main_process_first
     train_features = features.get("train")
     if train_features is not None and len(train_features) == 0:
         raise DataError(f"task {task.name!r}: no training features after tokenization")
+    if is_stream(raw.get("train")):
+        train_features = tokenize_stream(task, raw["train"], kwargs, checked["train"].column_names, _located)
     return TaskData(train=train_features, eval_features=features.get("eval"), eval_examples=raw.get("eval"))
 
 
@@ -315,9 +322,12 @@ def build_loaders(
     tasks: dict[str, Task], data: dict[str, TaskData], tokenizer, batch_sizes: dict[str, int], args: TrainConfig
 ) -> tuple[dict[str, DataLoader], dict[str, DataLoader]]:
     """Every task's training loader (the i-th task's seeded with ``train.seed + i``: tasks are shuffled
-    independently) and, for each task with eval features, its evaluation loader."""
+    independently; a streaming task's reads this process's part of its stream) and, for each task with
+    eval features, its evaluation loader."""
     train = {
-        name: build_train_loader(
+        name: build_stream_loader(tasks[name], data[name].train, tokenizer, batch_sizes[name], args)
+        if is_stream(data[name].train)
+        else build_train_loader(
             tasks[name],
             data[name].train,
             tokenizer,

@@ -17,7 +17,9 @@ step) is saved in checkpoints, so a resumed run draws the same sequence.
 An *epoch* is as many optimizer steps as it takes to see every task's training data once at its
 batch size: sum over tasks of ceil(n_t / (batch_t * processes)) micro-batches, divided by the
 gradient accumulation steps. A task whose data runs out before the others starts a new, reshuffled
-pass over its data; it never runs dry.
+pass over its data; it never runs dry. A streaming task's size is declared (``num_train_examples``) or
+unknown (hfmtl/training/streaming.py): with an unknown size the run has no epochs, and only the
+strategies that do not weigh sizes (``uniform``, ``round_robin``, ``weights``) apply.
 
 Example:
     >>> s = TaskSampler({"a": 300, "b": 100}, strategy="proportional", seed=0)
@@ -43,7 +45,8 @@ class TaskSampler:
     """Seeded, checkpointable choice of the task of each step.
 
     Args:
-        sizes: task_name -> number of training examples (config order is kept for round-robin).
+        sizes: task_name -> number of training examples, None where unknown (a stream's; config order is
+            kept for round-robin).
         strategy: one of proportional, temperature, uniform, round_robin, weights.
         temperature: T for ``temperature``.
         max_examples: cap on n_t before computing probabilities (None: no cap).
@@ -53,7 +56,7 @@ class TaskSampler:
 
     def __init__(
         self,
-        sizes: dict[str, int],
+        sizes: dict[str, int | None],
         strategy: str = "proportional",
         temperature: float = 1.0,
         max_examples: int | None = None,
@@ -75,8 +78,17 @@ class TaskSampler:
         self.step = 0
 
     def probabilities(self) -> dict[str, float]:
-        """The probability of each task at any step (round-robin: its share of steps)."""
-        n = np.array([self.sizes[t] for t in self.task_names], dtype=np.float64)
+        """The probability of each task at any step (round-robin: its share of steps).
+
+        Raises:
+            ConfigError: the strategy weighs sizes and a task's is unknown.
+        """
+        unknown = [t for t in self.task_names if self.sizes[t] is None]
+        if unknown and self.strategy in ("proportional", "temperature"):
+            raise ConfigError(
+                f"sampling.strategy={self.strategy!r} needs every task's size: set tasks.{unknown[0]}.num_train_examples"
+            )
+        n = np.array([self.sizes[t] or 0 for t in self.task_names], dtype=np.float64)
         if self.max_examples is not None:
             n = np.minimum(n, self.max_examples)
         if self.strategy == "proportional":
@@ -135,8 +147,11 @@ class TaskSampler:
 
 
 def steps_per_epoch(
-    sizes: dict[str, int], batch_sizes: dict[str, int], num_processes: int, gradient_accumulation_steps: int
-) -> int:
-    """Optimizer steps that see every task's training data once (see the module docstring)."""
+    sizes: dict[str, int | None], batch_sizes: dict[str, int], num_processes: int, gradient_accumulation_steps: int
+) -> int | None:
+    """Optimizer steps that see every task's training data once (see the module docstring); None when a
+    task's size is unknown (a stream without ``num_train_examples``): the run then has no epochs."""
+    if any(size is None for size in sizes.values()):
+        return None
     micro_batches = sum(-(-sizes[t] // (batch_sizes[t] * num_processes)) for t in sizes)
     return max(1, -(-micro_batches // gradient_accumulation_steps))

@@ -42,6 +42,7 @@ from .resume import ResumePoint, resume_run
 from .resume_contract import trained_with
 from .sampling import TaskSampler, steps_per_epoch
 from .steps import StepRunner, build_balancer
+from .streaming import prepare_with_streams, train_sizes
 
 logger = logging.getLogger("hfmtl")
 
@@ -78,7 +79,7 @@ class MultiTaskTrainer:
         args, names = self.args, list(tasks)
 
         self.batch_sizes = {n: t.config.batch_size or args.per_device_train_batch_size for n, t in tasks.items()}
-        sizes = {n: len(d.train) for n, d in data.items()}
+        sizes = train_sizes(tasks, {n: d.train for n, d in data.items()})  # None: a stream's, undeclared
         s = config.sampling
         self.sampler = TaskSampler(sizes, s.strategy, s.temperature, s.max_examples, s.weights, seed=args.seed)
         self.steps_per_epoch = steps_per_epoch(
@@ -98,10 +99,9 @@ class MultiTaskTrainer:
         balancer = build_balancer(config.balancing, names, args.seed)
         self.optimizer = build_optimizer(model, args, balancer)
         self.scheduler = build_scheduler(self.optimizer, args, self.total_steps)
-        prepared = accelerator.prepare(model, self.optimizer, *train_loaders.values(), *eval_loaders.values())
-        self.model, self.optimizer = prepared[0], prepared[1]
-        self.train_loaders = dict(zip(names, prepared[2 : 2 + len(names)]))
-        self.eval_loaders = dict(zip(eval_loaders, prepared[2 + len(names) :]))
+        self.model, self.optimizer, self.train_loaders, self.eval_loaders = prepare_with_streams(
+            accelerator, model, self.optimizer, train_loaders, eval_loaders
+        )
 
         self.batches = TaskBatches(self.train_loaders, samplers, accelerator)
         self.losses = LossLog(names, accelerator)
@@ -145,9 +145,9 @@ class MultiTaskTrainer:
             return self.record.history
         self.write_record()  # from the start, the record names the run that writes here
         logger.info(
-            "Training %d steps (%d per epoch) on tasks %s, sampling %s",
+            "Training %d steps (%s) on tasks %s, sampling %s",
             self.total_steps,
-            self.steps_per_epoch,
+            f"{self.steps_per_epoch} per epoch" if self.steps_per_epoch else "no epochs: a stream's size is unknown",
             list(self.tasks),
             {k: round(v, 4) for k, v in self.sampler.probabilities().items()},
         )
@@ -211,7 +211,8 @@ class MultiTaskTrainer:
         self.eval_seconds += time.time() - started
         self.accelerator.log(results, step=step)
         logger.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in results.items()})
-        entry = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), **results}
+        epochs = {"epoch": round(step / self.steps_per_epoch, 4)} if self.steps_per_epoch else {}  # streaming.py
+        entry = {"step": step, **epochs, **results}
         self.record.history = [*(e for e in self.record.history if e["step"] != step), entry]  # one per step
         is_best = self.state.offer_best(results, step, self.args.metric_for_best_model, self.best_is_higher)
         if is_best and self.args.load_best_model_at_end:
