@@ -1,5 +1,7 @@
-"""A model whose encoder ties parameters (BART's token embeddings are one tensor under three names, saved
-once) loads its saved weights back: at the end of a run with ``load_best_model_at_end``, and on reload."""
+"""Saved weights load back into an existing model (the best model at the end of a run, the final model a
+resume takes over) when its encoder ties parameters: a whole BART's token embeddings are one tensor under
+three names, saved once. And a BART backbone (its encoder stack) runs to the end with
+``load_best_model_at_end``, which used to crash there with no final model."""
 
 from __future__ import annotations
 
@@ -30,7 +32,25 @@ def _tiny_bart(vocab_size: int, pad_token_id: int = 0) -> BartConfig:
     )
 
 
-def test_a_tied_encoder_survives_load_best_model_at_end(tiny_tokenizer_dir, tmp_path):
+def test_tied_parameters_load_back_into_an_existing_model(tmp_path):
+    heads = {"a": {"type": "classification", "num_labels": 2, "id2label": {0: "x", 1: "y"}}}
+    config = MultiTaskConfig(encoder=_tiny_bart(120).to_dict(), tasks=heads, pooling="cls")
+
+    def whole_bart_model(seed: int) -> MultiTaskModel:  # the whole encoder-decoder, embeddings tied
+        torch.manual_seed(seed)
+        return MultiTaskModel(config, encoder=BartModel(_tiny_bart(120)))
+
+    saved = whole_bart_model(0)
+    saved.save_pretrained(tmp_path)
+    model = whole_bart_model(1)
+    model.load_weights(tmp_path)
+    assert model.encoder.encoder.embed_tokens.weight is model.encoder.shared.weight  # still one tensor
+    expected = saved.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_a_bart_backbone_survives_load_best_model_at_end(tiny_tokenizer_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     encoder_dir = tmp_path / "bart"
     torch.manual_seed(0)
@@ -44,8 +64,6 @@ def test_a_tied_encoder_survives_load_best_model_at_end(tiny_tokenizer_dir, tmp_
     record = RunRecord.read(out)
     assert record.finished and record.best_step in (2, 4)
     reloaded = MultiTaskModel.from_pretrained(out)
-    encoder = reloaded.encoder
-    assert encoder.encoder.embed_tokens.weight is encoder.shared.weight  # still one tensor
     trained = trainer.unwrapped_model().state_dict()
     for name, value in reloaded.state_dict().items():
         assert torch.equal(value, trained[name]), name
