@@ -2,14 +2,7 @@
 
 `rank_sources` scores the target's labels on each candidate's features (LogME or H-score, from
 hfmtl/analysis/transferability.py); `rank_source_encoders` first extracts those features from each
-candidate encoder (hfmtl/analysis/features.py).
-
-Example:
-    >>> rng = np.random.default_rng(0)
-    >>> y = rng.integers(0, 2, size=100)
-    >>> useful = np.c_[y + 0.1 * rng.normal(size=100), rng.normal(size=100)]
-    >>> [name for name, _ in rank_sources(y, {"noise": rng.normal(size=(100, 2)), "useful": useful})]
-    ['useful', 'noise']
+candidate encoder (hfmtl/analysis/features.py). `rank_sources`' docstring has a worked example.
 """
 
 from __future__ import annotations
