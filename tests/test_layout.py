@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "hfmtl"
@@ -165,3 +166,11 @@ def test_import_hfmtl_then_automodel_loads_a_saved_model(tiny_encoder_dir, tmp_p
     for order in (code, code.replace("import sys, hfmtl, transformers", "import sys, transformers, peft, hfmtl")):
         result = subprocess.run([sys.executable, "-c", order], capture_output=True, text=True, cwd=REPO_ROOT)
         assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("first", ["BertModel", "AutoModel", "PreTrainedModel", "T5EncoderModel"])
+def test_import_hfmtl_then_any_transformers_name(first):
+    """`import hfmtl` hooks transformers' Auto modules: the hook must not re-enter a half-imported transformers."""
+    code = f"import hfmtl\nfrom transformers import {first}\nimport transformers\ntransformers.AutoConfig.for_model('hfmtl')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]

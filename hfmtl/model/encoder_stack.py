@@ -20,11 +20,15 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    # Not at run time: hfmtl/_auto.py imports this module (via configuration.py) while transformers'
+    # configuration_auto is still loading, and `from transformers import PreTrainedModel` there would
+    # re-enter the half-imported package (`import hfmtl; from transformers import BertModel` failed).
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger("hfmtl")
 
@@ -60,6 +64,8 @@ def resolve_encoder_only(value: bool | str | None, encoder_config: Any) -> bool:
 
 def encoder_stack(model: PreTrainedModel) -> PreTrainedModel:
     """The encoder half of the encoder-decoder `model` (its `get_encoder()`); the decoder is dropped."""
+    from transformers import PreTrainedModel
+
     encoder = model.get_encoder()
     if encoder is model or not isinstance(encoder, PreTrainedModel):
         raise ConfigError(f"{type(model).__name__} has no separate encoder stack to use as an encoder")
