@@ -229,9 +229,25 @@ def merged_encoder(model: nn.Module, task_name: str | None = None) -> nn.Module:
     return encoder.merge_and_unload()
 
 
+def routes_rows(model: nn.Module) -> bool:
+    """Whether one batch can send each row through its own adapter: PEFT's per-row ``adapter_names``,
+    which LoRA reads and other tuners (IA3...) silently ignore, running every row through one adapter."""
+    return is_peft_model(model) and isinstance(model.encoder.base_model, peft.LoraModel)
+
+
 def mixed_adapter_names(model: nn.Module, task_names: list[str]) -> dict[str, Any]:
-    """Encoder kwargs that route row i through task_names[i]'s adapter (per-task mode, eval only)."""
+    """Encoder kwargs that route row i through task_names[i]'s adapter (per-task mode, eval only).
+
+    Raises:
+        ValueError: the rows name several adapters of a tuner that cannot route rows (`routes_rows`).
+    """
     if not is_peft_model(model) or model.config.peft["mode"] != "per_task":
+        return {}
+    if not routes_rows(model):
+        if len(set(task_names)) > 1:
+            method = _method(model.encoder.active_peft_config)
+            raise ValueError(f"per-task {method} adapters cannot share a batch (only LoRA routes rows)")
+        activate_adapter(model, task_names[0])
         return {}
     if model.training:
         raise ValueError("a batch mixing per-task adapters runs in eval mode only (PEFT's adapter_names)")
