@@ -136,9 +136,11 @@ class Predictor:
         """task_name -> task type, for every head of the model."""
         return {name: spec["type"] for name, spec in self.model.config.tasks.items()}
 
-    def fields(self, task_name: str) -> list[str]:
-        """The input field names task `task_name` reads (see `describe_fields` for which are optional)."""
-        return self._runner(task_name).fields
+    def fields(self, task_name: str | Sequence[str]) -> list[str]:
+        """The input field names task `task_name` reads (see `describe_fields` for which are optional);
+        for a list of task names or ``"all"``, those any of them reads."""
+        names = self._requested(task_name) or [task_name]
+        return list(dict.fromkeys(field for name in names for field in self._runner(name).fields))
 
     def describe_fields(self, task_name: str) -> str:
         """The input fields of `task_name` as one readable line, e.g. ``'sentence1, sentence2'``."""

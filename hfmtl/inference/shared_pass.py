@@ -60,6 +60,8 @@ def requested_tasks(task_name: Any, known: list[str]) -> list[str] | None:
         (['rte', 'ner'], None)
         >>> requested_tasks(["ner", "rte", "ner"], ["rte", "ner"])
         ['ner', 'rte']
+        >>> requested_tasks("all", ["all", "rte"])  # a task named "all" keeps its name
+
     """
     if isinstance(task_name, str):
         return list(known) if task_name == ALL_TASKS and ALL_TASKS not in known else None
