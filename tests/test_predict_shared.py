@@ -193,8 +193,9 @@ def _adapter_model(tiny_encoder_dir: str, config: dict) -> MultiTaskModel:
             },
             False,
         ),
+        ({"peft_type": "LORA", "r": 4, "target_modules": ["query", "value"], "use_dora": True}, False),
     ],
-    ids=["lora", "ia3"],
+    ids=["lora", "ia3", "dora"],
 )
 def test_per_task_adapters(tiny_encoder_dir, config, routes):
     model = _adapter_model(tiny_encoder_dir, config)

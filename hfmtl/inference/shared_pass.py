@@ -15,8 +15,8 @@ shared is the encoder's work on what they encode, in each chunk of ``batch_size`
   rows (sorted by length), every head applied to its own rows of that pass.
 - With one PEFT adapter per task the encoder differs per task, so rows are shared within a task only,
   and each batch goes through `MultiTaskModel.forward_mixed`: one pass, each row through its task's
-  adapter. Only LoRA adapters route rows one by one (`hfmtl.model.adapters.routes_rows`); other
-  tuners' tasks (IA3...) get batches of their own rows, one task per pass.
+  adapter. Only plain LoRA adapters route rows one by one (`hfmtl.model.adapters.routes_rows`);
+  with other tuners (IA3, AdaLoRA, DoRA...) each task gets batches of its own rows, one task per pass.
 - A task whose type refuses mixed batches (`Task.check_mixed_batch`: multiple choice, whose input has a
   choices dimension) or whose predictor pads its own way (an overridden `TaskPredictor.collate`) runs
   its own passes, ``batch_size`` features each, as it would alone.

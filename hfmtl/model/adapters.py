@@ -231,8 +231,11 @@ def merged_encoder(model: nn.Module, task_name: str | None = None) -> nn.Module:
 
 def routes_rows(model: nn.Module) -> bool:
     """Whether one batch can send each row through its own adapter: PEFT's per-row ``adapter_names``,
-    which LoRA reads and other tuners (IA3...) silently ignore, running every row through one adapter."""
-    return is_peft_model(model) and isinstance(model.encoder.base_model, peft.LoraModel)
+    which plain LoRA reads; DoRA refuses it, and other tuners (IA3, AdaLoRA's SVD layers...) ignore it,
+    running every row through one adapter."""
+    if not is_peft_model(model) or type(model.encoder.base_model) is not peft.LoraModel:
+        return False
+    return not any(getattr(config, "use_dora", False) for config in model.encoder.peft_config.values())
 
 
 def mixed_adapter_names(model: nn.Module, task_names: list[str]) -> dict[str, Any]:
@@ -246,7 +249,7 @@ def mixed_adapter_names(model: nn.Module, task_names: list[str]) -> dict[str, An
     if not routes_rows(model):
         if len(set(task_names)) > 1:
             method = _method(model.encoder.active_peft_config)
-            raise ValueError(f"per-task {method} adapters cannot share a batch (only LoRA routes rows)")
+            raise ValueError(f"per-task {method} adapters cannot share a batch (only plain LoRA routes rows)")
         activate_adapter(model, task_names[0])
         return {}
     if model.training:
