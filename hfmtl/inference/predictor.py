@@ -12,6 +12,8 @@ Example:
     >>> predictor.predict_many([{"task": "rte", "sentence1": "It rains.", "sentence2": "It is wet."},  # doctest: +SKIP
     ...                         {"task": "ner", "text": "Angela Merkel visited Paris."}])
     [{'label': ..., 'score': ...}, [...]]
+    >>> predictor.predict(["rte", "stsb"], {"sentence1": "It rains.", "sentence2": "It is wet."})  # doctest: +SKIP
+    {'rte': {'label': ..., 'score': ...}, 'stsb': {'value': ...}}
 """
 
 from __future__ import annotations

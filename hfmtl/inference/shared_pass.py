@@ -27,7 +27,8 @@ task, for adapters that cannot route rows), plus ``ceil(features / batch_size)``
 runs its own passes.
 
 Example:
-    >>> results = SharedPass(model, tokenizer, "cpu", batch_size=32).run(jobs, PredictOptions())  # doctest: +SKIP
+    >>> predictor.predict(["rte", "stsb"], [("It rains.", "It is wet.")])  # one row, both heads  # doctest: +SKIP
+    [{'rte': {'label': ..., 'score': ...}, 'stsb': {'value': ...}}]
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def requested_tasks(task_name: Any, known: list[str]) -> list[str] | None:
         (['rte', 'ner'], None)
         >>> requested_tasks(["ner", "rte", "ner"], ["rte", "ner"])
         ['ner', 'rte']
-        >>> requested_tasks("all", ["all", "rte"])  # a task named "all" keeps its name
-
+        >>> print(requested_tasks("all", ["all", "rte"]))  # a task named "all" keeps its name
+        None
     """
     if isinstance(task_name, str):
         return list(known) if task_name == ALL_TASKS and ALL_TASKS not in known else None
@@ -207,8 +208,8 @@ class SharedPass:
             mixed = self.model.forward_mixed([r.adapter for r in rows], **batch)
             outputs = {task: torch.stack([mixed[i] for i in index[task]]) for task in tasks}
         else:
-            # forward runs the encoder once (the first task's head with it) and returns the hidden
-            # state the other heads read, as forward_mixed does with its rows
+            # forward runs the encoder once, with the head of the task that has most rows here, and
+            # returns the hidden state the other heads read (as forward_mixed does with its rows)
             carrier = max(tasks, key=lambda t: len(index[t]))
             out = self.model(task=carrier, **batch)
             head_mask = mask if "attention_mask" in self.model.encoder_input_names else None
