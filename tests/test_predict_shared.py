@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from conftest import TASK_CONFIGS, make_config, write_config
 from test_predict import LONG_CONTEXT, PAIRS, SPECS, TEXTS, TOPICS_CONFIG, _approx, _perturb_heads
 from transformers import AutoTokenizer
@@ -295,3 +296,30 @@ def test_cli_predicts_several_tasks_per_line(predictor, model_dir, tmp_path, mon
     with pytest.raises(SystemExit):
         cli.main(["predict", "--help"])
     assert "--task all" in capsys.readouterr().out
+
+
+# --- a decoder backbone: left padding, and QA's rows padded on the right in passes of their own ------
+
+
+def test_a_left_padding_decoder(tiny_decoder_tokenizer_dir):
+    from hfmtl.model import MultiTaskConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_decoder_tokenizer_dir)
+    tokenizer.pad_token, tokenizer.padding_side = "[PAD]", "left"
+    llama = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256,
+    )  # fmt: skip
+    heads = {task: SPECS[task] for task in ("rte", "stsb", "ner", "squad")}
+    torch.manual_seed(0)
+    model = MultiTaskModel(MultiTaskConfig(encoder=llama.to_dict(), tasks=heads))
+    _perturb_heads(model)
+    predictor = Predictor(model, tokenizer, device="cpu")
+    inputs = [{"text": a, "text_pair": b, "question": "Who?", "context": f"{a} {b}"} for a, b in PAIRS]
+    with _encoder_calls(model) as calls:
+        together = predictor.predict(list(heads), inputs)
+    for item, result in zip(inputs, together):
+        assert result == _approx(_alone(predictor, list(heads), item))
+    # rte and stsb share their rows, ner's words are rows of their own: one left-padded pass; QA pads on
+    # the right (Task.padding_side) and gets a pass of its own
+    assert sorted(calls) == [4, 8]
