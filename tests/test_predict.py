@@ -419,13 +419,14 @@ def test_docstring_examples_run(model_dir, predictor):
     import hfmtl.cli.predict as cli_module
     import hfmtl.inference.predictor as predictor_module
     import hfmtl.inference.saved_tasks as saved_tasks_module
+    import hfmtl.inference.shared_pass as shared_pass_module
     import hfmtl.tasks.prediction as prediction_module
 
     globs = {"model_dir": str(model_dir), "predictor": predictor}
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     examples = 0
-    for module in (predictor_module, cli_module, saved_tasks_module, prediction_module):
+    for module in (predictor_module, cli_module, saved_tasks_module, shared_pass_module, prediction_module):
         for test in finder.find(module, extraglobs=globs):
             # --doctest-modules skips these (they need a trained model): here they run, with one
             for example in test.examples:

@@ -1,13 +1,16 @@
 """The ``hfmtl predict`` and ``hfmtl info`` commands.
 
-    hfmtl predict MODEL --task NAME [--input FILE|-] [--output FILE|-] [--batch-size N] [--device D]
-                  [--base-model PATH_OR_ID]
+    hfmtl predict MODEL --task NAME|NAME,NAME...|all [--input FILE|-] [--output FILE|-] [--batch-size N]
+                  [--device D] [--base-model PATH_OR_ID]
     hfmtl info MODEL [--json]
 
 `predict` reads JSON Lines (one JSON object per line, with the task's input fields as named in the
 model's ``config.yaml``; blank lines are skipped) and writes one line per input: the input object with
-one more key, ``prediction`` (``--output-field``), holding `Predictor.predict`'s result. Without
-``--task``, each line names its own task in a ``task`` field (lines of several tasks may mix). Every
+one more key, ``prediction`` (``--output-field``), holding `Predictor.predict`'s result. With several
+tasks (``--task rte,stsb``, or ``--task all``), each line carries the fields of all of them and its
+``prediction`` is ``{task: result}``; tasks that tokenize a line alike encode it once
+(hfmtl/inference/shared_pass.py). Without ``--task``, each line names its own task in a ``task``
+field, or its tasks in ``tasks`` (a list, or "all"); lines of several tasks may mix. Every
 line is checked before anything runs: a bad one is a one-line error naming its line number and the
 missing field (exit status 2), and an output file is written to a temporary file and renamed only once
 complete, so it is never half-written.
@@ -53,11 +56,22 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``predict`` and ``info`` on the `hfmtl` command's subparsers."""
     predict = subparsers.add_parser(
         "predict",
-        help="Predict a task of a saved model on JSON Lines.",
-        description="Read JSON Lines with a task's input fields; write each line back with a 'prediction' key.",
+        help="Predict one task, several or all of a saved model on JSON Lines.",
+        description=(
+            "Read JSON Lines with a task's input fields; write each line back with a 'prediction' key. "
+            "With several tasks (--task rte,stsb or --task all), each line carries the fields of all of "
+            "them and its prediction is {task: result}; the encoder runs once for the tasks that read the "
+            "same fields alike."
+        ),
     )
     predict.add_argument("model", help="Saved hfmtl model directory or Hub id.")
-    predict.add_argument("--task", help="Task name; without it, each line names its task in a 'task' field.")
+    predict.add_argument(
+        "--task",
+        help=(
+            "Task name; several, comma-separated (--task rte,stsb); or every task (--task all). Without it, "
+            "each line names its task in a 'task' field, or its tasks in 'tasks' (a list, or \"all\")."
+        ),
+    )
     predict.add_argument("--input", default="-", help="JSON Lines file to read; '-' (default): stdin.")
     predict.add_argument("--output", default="-", help="JSON Lines file to write; '-' (default): stdout.")
     predict.add_argument("--output-field", default="prediction", help="Key of the prediction in each output line.")
@@ -97,11 +111,10 @@ def _predict(args: argparse.Namespace) -> int:
             max_length=args.max_length,
             base_model=args.base_model,
         )
-    if args.task is not None:
-        predictor.fields(args.task)  # an unknown --task is an error of its own, not of line 1
+    task_option = _task_option(args.task, predictor)
     requests = []
     for line_number, record in records:
-        task_name = args.task or record.get("task")
+        task_name = task_option if task_option is not None else record.get("task", record.get("tasks"))
         where = f"{source} line {line_number}"
         if task_name is None:
             raise HfmtlError(f"{where}: missing field 'task' (give --task NAME, or a 'task' field on every line)")
@@ -113,7 +126,7 @@ def _predict(args: argparse.Namespace) -> int:
             predictor.check(task_name, record)
         except (InputError, HfmtlError) as err:  # a missing field, a wrong type, an unknown task
             raise HfmtlError(f"{where}: {err}") from None
-        requests.append({**record, "task": task_name})
+        requests.append({**{k: v for k, v in record.items() if k not in ("task", "tasks")}, "task": task_name})
     options = {"return_all_scores": args.return_all_scores, "top_k": args.top_k, "threshold": args.threshold}
     results = predictor.predict_many(requests, **options)
     lines = [
@@ -127,6 +140,19 @@ def _predict(args: argparse.Namespace) -> int:
         write_text_atomic(args.output, "".join(lines))
         print(f"wrote {len(lines)} predictions to {args.output}", file=sys.stderr)
     return 0
+
+
+def _task_option(task: str | None, predictor: Predictor) -> str | list[str] | None:
+    """--task as `Predictor.predict` takes it: a task name, a list of names, or "all"; checked here, so
+    that an unknown task is an error of its own, not of line 1."""
+    if task is None:
+        return None
+    if "," in task and task not in predictor.tasks:
+        task = [name.strip() for name in task.split(",") if name.strip()]
+        if not task:
+            raise HfmtlError("--task lists no task name")
+    predictor.fields(task)
+    return task
 
 
 @contextlib.contextmanager

@@ -12,12 +12,14 @@ Example:
     >>> predictor.predict_many([{"task": "rte", "sentence1": "It rains.", "sentence2": "It is wet."},  # doctest: +SKIP
     ...                         {"task": "ner", "text": "Angela Merkel visited Paris."}])
     [{'label': ..., 'score': ...}, [...]]
+    >>> predictor.predict(["rte", "stsb"], {"sentence1": "It rains.", "sentence2": "It is wet."})  # doctest: +SKIP
+    {'rte': {'label': ..., 'score': ...}, 'stsb': {'value': ...}}
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +31,7 @@ from ..model.backbone import check_model_path
 from ..model.pad_token import ensure_pad_token
 from ..tasks.prediction import InputError, PredictOptions, TaskPredictor
 from .saved_tasks import read_run_config, task_for, task_predictor_class
+from .shared_pass import Job, SharedPass, requested_tasks
 
 
 class Predictor:
@@ -135,22 +138,26 @@ class Predictor:
         """task_name -> task type, for every head of the model."""
         return {name: spec["type"] for name, spec in self.model.config.tasks.items()}
 
-    def fields(self, task_name: str) -> list[str]:
-        """The input field names task `task_name` reads (see `describe_fields` for which are optional)."""
-        return self._runner(task_name).fields
+    def fields(self, task_name: str | Sequence[str]) -> list[str]:
+        """The input field names task `task_name` reads (see `describe_fields` for which are optional);
+        for a list of task names or ``"all"``, those any of them reads."""
+        names = self._requested(task_name) or [task_name]
+        return list(dict.fromkeys(field for name in names for field in self._runner(name).fields))
 
     def describe_fields(self, task_name: str) -> str:
         """The input fields of `task_name` as one readable line, e.g. ``'sentence1, sentence2'``."""
         return self._runner(task_name).describe_fields()
 
-    def check(self, task_name: str, item: Any) -> None:
-        """Raise `InputError` (a ValueError) if `item` is not a valid input of `task_name`."""
-        self._runner(task_name).parse(item)
+    def check(self, task_name: str | Sequence[str], item: Any) -> None:
+        """Raise `InputError` (a ValueError) if `item` is not a valid input of `task_name` (each of them,
+        for a list of task names or ``"all"``)."""
+        for name in self._requested(task_name) or [task_name]:
+            self._runner(name).parse(item)
 
     @torch.inference_mode()
     def predict(
         self,
-        task_name: str,
+        task_name: str | Sequence[str],
         inputs: Any,
         *,
         batch_size: int | None = None,
@@ -158,28 +165,36 @@ class Predictor:
         top_k: int | None = None,
         threshold: float = 0.5,
     ) -> Any:
-        """Predict task `task_name` for one input or a list of inputs.
+        """Predict one task, several tasks or all of them, for one input or a list of inputs.
+
+        Several tasks share the encoder: an input is encoded once for all the tasks that tokenize it the
+        same way (the same fields, the same ``max_length``), and the other tasks' rows ride in the same
+        passes (hfmtl/inference/shared_pass.py says exactly which tasks share what).
 
         Args:
-            task_name: one of `tasks`.
+            task_name: one of `tasks`; or a list of them, or ``"all"`` (every task; a task that is
+                itself named ``"all"`` keeps its name, and ``list(predictor.tasks)`` asks for all).
             inputs: one input, or a list (any iterable) of them. An input is a mapping with the task's
-                fields (extra keys are ignored), or a shorthand: a string (one text; a raw text for
-                token classification), a ``(text, text_pair)`` or ``(question, context)`` tuple, or, in
-                a list, a list of words for token classification.
+                fields (extra keys are ignored; for several tasks, the fields of all of them: each task
+                reads its own), or a shorthand: a string (one text; a raw text for token
+                classification), a ``(text, text_pair)`` or ``(question, context)`` tuple, or, in a
+                list, a list of words for token classification.
             batch_size: overrides the predictor's batch size for this call.
             return_all_scores: classification: add ``scores``, all labels by decreasing probability.
             top_k: classification: add ``scores`` with the `top_k` most probable labels.
             threshold: multi-label classification: labels whose probability is above it are predicted.
 
         Returns:
-            One result for one input, a list for a list: ``{"label", "score"}`` (classification;
-            ``{"labels": [{"label", "score"}, ...]}`` for multi-label), ``{"value"}`` (regression), a
-            list of ``{"entity_group", "score", "word", "start", "end"}`` (token classification),
-            ``{"choice", "probabilities"}`` (multiple choice), ``{"answer", "score", "start", "end"}``
-            (QA). Options that do not apply to the task's type are ignored.
+            For one task, one result for one input and a list for a list: ``{"label", "score"}``
+            (classification; ``{"labels": [{"label", "score"}, ...]}`` for multi-label), ``{"value"}``
+            (regression), a list of ``{"entity_group", "score", "word", "start", "end"}`` (token
+            classification), ``{"choice", "probabilities"}`` (multiple choice), ``{"answer", "score",
+            "start", "end"}`` (QA). For several tasks, ``{task: result}`` for one input and a list of
+            those for a list. Options that do not apply to a task's type are ignored.
 
         Raises:
-            HfmtlError: an unknown task, or an input without a field the task needs (naming the input).
+            HfmtlError: an unknown task, or an input without a field a task needs (naming the task,
+                the input and the field).
 
         Example:
             >>> predictor.predict("topics", "Stocks rallied after the match.", return_all_scores=True)  # doctest: +SKIP
@@ -190,6 +205,9 @@ class Predictor:
             >>> answer = predictor.predict("squad", ("Who wrote it?", "It was written by Ada Lovelace."))  # doctest: +SKIP
             >>> sorted(answer)  # doctest: +SKIP
             ['answer', 'end', 'score', 'start']
+            >>> both = predictor.predict(["rte", "stsb"], {"sentence1": "It rains.", "sentence2": "It is wet."})  # doctest: +SKIP
+            >>> sorted(both), sorted(both["stsb"])  # doctest: +SKIP
+            (['rte', 'stsb'], ['value'])
             >>> predictor.predict("rte", {"sentence1": "No second sentence."})  # doctest: +SKIP
             Traceback (most recent call last):
             ...
@@ -197,73 +215,85 @@ class Predictor:
         """
         single = isinstance(inputs, (str, tuple, Mapping))
         items = [inputs] if single else list(inputs)
-        options = PredictOptions(return_all_scores, top_k, threshold)
-        results = self._predict_items(task_name, items, batch_size or self.batch_size, options)
+        requested = self._requested(task_name)
+        jobs = [self._job(name, item, i) for i, item in enumerate(items) for name in requested or [task_name]]
+        results = self._run(jobs, batch_size, PredictOptions(return_all_scores, top_k, threshold))
+        if requested is not None:
+            width = len(requested)
+            results = [dict(zip(requested, results[i : i + width])) for i in range(0, len(results), width)]
         return results[0] if single else results
 
     @torch.inference_mode()
     def predict_many(self, requests: Iterable[Mapping[str, Any]], **options: Any) -> list[Any]:
-        """Predict requests for several tasks in one call; results come back in input order.
+        """Predict requests for several tasks in one call; results come back in request order.
 
-        Each request is a mapping with ``"task"`` (the task name) and that task's fields. Requests are
-        grouped by task and batched per task.
+        Each request is a mapping with ``"task"`` (a task name) and that task's fields, or with
+        ``"tasks"`` (a list of task names, or ``"all"``) and the fields of all of them; its result is
+        what `predict` returns for that task or those tasks and those fields: a result, or
+        ``{task: result}``. Requests of all tasks are encoded together: two requests (of the same task
+        or of two tasks that tokenize it the same way) that carry the same input share its encoder
+        rows, and the rest share the passes (hfmtl/inference/shared_pass.py).
 
         Args:
             requests: the requests.
             **options: `predict`'s keyword options, for every task.
 
+        Raises:
+            HfmtlError: a request that is not a mapping, has neither or both of ``task`` and
+                ``tasks``, names an unknown task, or lacks a field (naming the request).
+
         Example:
             >>> results = predictor.predict_many([  # doctest: +SKIP
             ...     {"task": "ner", "tokens": ["Ada", "Lovelace", "lived", "in", "London", "."]},
             ...     {"task": "stsb", "sentence1": "A dog runs.", "sentence2": "A dog is running."},
+            ...     {"tasks": ["rte", "stsb"], "sentence1": "A dog runs.", "sentence2": "A dog is running."},
             ... ])
-            >>> type(results[0]).__name__, sorted(results[1])  # doctest: +SKIP
-            ('list', ['value'])
+            >>> type(results[0]).__name__, sorted(results[1]), sorted(results[2])  # doctest: +SKIP
+            ('list', ['value'], ['rte', 'stsb'])
         """
+        batch_size = options.pop("batch_size", None)
         requests = list(requests)
-        groups: dict[str, list[int]] = {}
+        jobs, shapes = [], []
         for i, request in enumerate(requests):
-            if not isinstance(request, Mapping) or "task" not in request:
-                raise HfmtlError(f"request {i}: expected a mapping with a 'task' key, got {_short_repr(request)}")
-            groups.setdefault(request["task"], []).append(i)
-        results: list[Any] = [None] * len(requests)
-        for task_name, index in groups.items():
-            outputs = self.predict(
-                task_name, [{k: v for k, v in requests[i].items() if k != "task"} for i in index], **options
-            )
-            for i, output in zip(index, outputs):
-                results[i] = output
-        return results
+            if not isinstance(request, Mapping) or ("task" in request) == ("tasks" in request):
+                problem = f"expected a mapping with a 'task' key (or 'tasks'), got {_short_repr(request)}"
+                if isinstance(request, Mapping) and "task" in request:
+                    problem = "has both 'task' and 'tasks'; give one"
+                raise HfmtlError(f"request {i}: {problem}")
+            key = "task" if "task" in request else "tasks"
+            fields = {k: v for k, v in request.items() if k != key}
+            requested = self._requested(request[key])
+            shapes.append(requested)
+            jobs.extend(self._job(name, fields, i) for name in requested or [request[key]])
+        flat = iter(self._run(jobs, batch_size, PredictOptions(**options)))
+        return [next(flat) if names is None else {name: next(flat) for name in names} for names in shapes]
 
     # --- internals --------------------------------------------------------------------------------
 
-    def _predict_items(self, task_name: str, items: list[Any], batch_size: int, options: PredictOptions) -> list[Any]:
+    def _requested(self, task_name: Any) -> list[str] | None:
+        """None for one task name; the task names of a list, or of ``"all"``."""
+        requested = requested_tasks(task_name, list(self.model.config.tasks))
+        for name in requested or []:
+            self._runner(name)  # an unknown task fails before any input is read
+        return requested
+
+    def _job(self, task_name: str, item: Any, index: int) -> Job:
+        """Task `task_name` for input (or request) number `index`: its jobs share a chunk."""
         runner = self._runner(task_name)
-        parsed = []
-        for i, item in enumerate(items):
-            try:
-                parsed.append({**runner.parse(item), "index": i})  # the index names the input in errors
-            except InputError as err:
-                raise DataError(f"task {task_name!r}, input {i}: {err}") from None
-        # Inputs of similar length share a batch: less padding (on mixed lengths, several times less
-        # work). Characters stand in for tokens here; within a chunk, features are sorted by tokens.
-        by_size = sorted(range(len(parsed)), key=lambda i: _num_chars(parsed[i]))
-        results: list[Any] = [None] * len(parsed)
-        for start in range(0, len(parsed), batch_size):
-            chunk = [parsed[i] for i in by_size[start : start + batch_size]]
-            features = runner.encode(chunk)
-            order = sorted(range(len(features)), key=lambda i: _num_tokens(features[i]))
-            logits: list[Any] = [None] * len(features)
-            for b in range(0, len(order), batch_size):
-                index = order[b : b + batch_size]
-                batch = runner.collate([features[i] for i in index])
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                out = self.model(task=task_name, **batch).logits
-                for i, row in zip(index, runner.unbatch(out, batch)):
-                    logits[i] = row
-            for item, result in zip(chunk, runner.decode(chunk, features, logits, options)):
-                results[item["index"]] = result
-        return results
+        try:
+            parsed = {**runner.parse(item), "index": index}  # the index names the input in errors
+        except InputError as err:
+            raise DataError(f"task {task_name!r}, input {index}: {err}") from None
+        # Inputs of similar length share a chunk: less padding (on mixed lengths, several times less
+        # work). Characters stand in for tokens here; within a chunk, rows are sorted by tokens.
+        signature = repr(sorted((k, v) for k, v in parsed.items() if k != "index"))  # equal inputs sort together
+        return Job(runner, parsed, index, size=_num_chars(parsed), signature=signature)
+
+    def _run(self, jobs: list[Job], batch_size: int | None, options: PredictOptions) -> list[Any]:
+        batch_size = batch_size or self.batch_size
+        if batch_size < 1:
+            raise HfmtlError(f"batch_size={batch_size} must be at least 1")
+        return SharedPass(self.model, self.tokenizer, self.device, batch_size).run(jobs, options)
 
     def _runner(self, task_name: str) -> TaskPredictor:
         if task_name in self._runners:
@@ -308,11 +338,6 @@ def _num_chars(item: dict[str, Any]) -> int:
     return sum(len(v) if isinstance(v, str) else sum(map(len, v)) for v in item.values() if isinstance(v, (str, list)))
 
 
-def _num_tokens(feature: dict[str, Any]) -> int:
-    ids = feature["input_ids"]
-    return max(map(len, ids)) if ids and isinstance(ids[0], list) else len(ids)
-
-
-def _short_repr(value: Any) -> str:
+def _short_repr(value: Any, limit: int = 40) -> str:
     text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -229,9 +229,28 @@ def merged_encoder(model: nn.Module, task_name: str | None = None) -> nn.Module:
     return encoder.merge_and_unload()
 
 
+def routes_rows(model: nn.Module) -> bool:
+    """Whether one batch can send each row through its own adapter: PEFT's per-row ``adapter_names``,
+    which plain LoRA reads; DoRA refuses it, and other tuners (IA3, AdaLoRA's SVD layers...) ignore it,
+    running every row through one adapter."""
+    if not is_peft_model(model) or type(model.encoder.base_model) is not peft.LoraModel:
+        return False
+    return not any(getattr(config, "use_dora", False) for config in model.encoder.peft_config.values())
+
+
 def mixed_adapter_names(model: nn.Module, task_names: list[str]) -> dict[str, Any]:
-    """Encoder kwargs that route row i through task_names[i]'s adapter (per-task mode, eval only)."""
+    """Encoder kwargs that route row i through task_names[i]'s adapter (per-task mode, eval only).
+
+    Raises:
+        ValueError: the rows name several adapters of a tuner that cannot route rows (`routes_rows`).
+    """
     if not is_peft_model(model) or model.config.peft["mode"] != "per_task":
+        return {}
+    if not routes_rows(model):
+        if len(set(task_names)) > 1:
+            method = _method(model.encoder.active_peft_config)
+            raise ValueError(f"per-task {method} adapters cannot share a batch (only plain LoRA routes rows)")
+        activate_adapter(model, task_names[0])
         return {}
     if model.training:
         raise ValueError("a batch mixing per-task adapters runs in eval mode only (PEFT's adapter_names)")
