@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,7 +30,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
 from ..errors import HfmtlError
 from ..inference.predictor import Predictor
 from .batching import DynamicBatcher
@@ -79,7 +79,7 @@ def create_app(
 
     app = FastAPI(
         title="hfmtl",
-        version=__version__,
+        version=importlib.metadata.version("hfmtl"),
         summary="Predictions of a multi-task model: one shared encoder, one head per task.",
         lifespan=lifespan,
     )
