@@ -90,6 +90,8 @@ def server(model_dir):
         model_dir, "--max-wait-ms", "100", "--max-batch-size", "64", "--max-body-bytes", str(MAX_BODY_BYTES)
     ) as process:
         yield process
+        status = process.stop(signal.SIGINT)  # Ctrl-C stops it as gracefully as SIGTERM
+        assert status == 0 and "stopped by SIGINT" in process.output(), process.output()[-2000:]
 
 
 def _post(server, body, **kwargs) -> httpx.Response:
@@ -165,7 +167,9 @@ def test_several_tasks_and_all_tasks(server, predictor):
 
 def test_concurrent_requests_of_several_tasks_are_batched_together(server, predictor):
     requests = [{"task": "rte", "inputs": pair} for pair in PAIRS] + [{"task": "stsb", "inputs": p} for p in PAIRS]
-    requests += [{"task": "ner", "inputs": s} for s in SENTENCES] + [{"tasks": ["rte", "ner"], "inputs": {**PAIRS[0], **SENTENCES[0]}}]
+    requests += [{"task": "ner", "inputs": s} for s in SENTENCES] + [
+        {"tasks": ["rte", "ner"], "inputs": {**PAIRS[0], **SENTENCES[0]}}
+    ]
     requests = (requests * 3)[:31] + [{"task": "rte", "inputs": {"sentence1": "No pair."}}]  # 32, one bad
     before = httpx.get(f"{server.url}/health").json()["batching"]
 

@@ -91,6 +91,7 @@ def create_app(
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
     return app
 
@@ -107,6 +108,11 @@ async def _request_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     return _error(exc.status_code, str(exc.detail))
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A failure of the server's own (the traceback goes to the log): still one line of JSON."""
+    return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
