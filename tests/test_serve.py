@@ -210,11 +210,13 @@ BAD_REQUESTS = [  # (body as JSON or raw bytes, status, part of the message)
     ({"task": "rte"}, 422, "inputs: Field required"),
     ({"task": "rte", "inputs": "A plain string."}, 422, "'inputs' must be one input (a JSON object"),
     ({"task": "rte", "inputs": ["A plain string."]}, 422, "input 0: expected a JSON object with the fields of"),
-    ({"task": "rte", "inputs": PAIRS[0], "colour": "red"}, 422, "unknown key 'colour'"),
+    ({"task": "rte", "inputs": PAIRS[0], "colour": "red"}, 422, "unknown key 'colour' (the keys are task or tasks"),
     ({"task": "rte", "inputs": PAIRS[0], "options": {"top_k": 0}}, 422, "options.top_k: Input should be greater"),
     ([PAIRS[0]], 422, "the body must be a JSON object"),
     (b'{"task": "rte", "inputs": ', 400, "the body is not valid JSON"),
     (b"", 422, "the body must be a JSON object"),
+    (b'{"task": "rte", "inputs": {"sentence1": "\xff"}}', 400, "it is not UTF-8 text"),
+    ({"task": "rte", "inputs": PAIRS[0], "options": {"top": 1}}, 422, "unknown key 'options.top' (the keys are return"),
     ({"task": "stsb", "inputs": [PAIRS[0]] * 400}, 413, f"larger than {MAX_BODY_BYTES} bytes"),
 ]
 
@@ -239,6 +241,8 @@ def test_bad_requests_get_a_one_line_4xx_and_the_server_keeps_serving(server, pr
 
     chunked = httpx.post(f"{server.url}/predict", content=chunks(), headers={"content-type": "application/json"})
     assert chunked.status_code == 413 and "larger than" in chunked.json()["error"]
+    form = httpx.post(f"{server.url}/predict", data={"task": "rte"})  # not JSON
+    assert form.status_code == 422 and "content-type: application/json" in form.json()["error"]
     wrong_path = httpx.get(f"{server.url}/nowhere")
     assert wrong_path.status_code == 404 and wrong_path.json() == {"error": "Not Found"}
     assert httpx.get(f"{server.url}/predict").status_code == 405

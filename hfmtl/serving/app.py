@@ -40,6 +40,7 @@ from .routes import router, task_catalog
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 1_000_000
+_UNPARSED_BODY = "There was an error parsing the body"  # what FastAPI says of a body it cannot decode
 
 
 def create_app(
@@ -107,6 +108,8 @@ async def _request_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == _UNPARSED_BODY:  # FastAPI's words for bytes that are not text
+        return _error(400, "the body is not valid JSON: it is not UTF-8 text")
     return _error(exc.status_code, str(exc.detail))
 
 
@@ -128,10 +131,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     if first.get("type") == "missing" and not location:
         return _error(422, 'the body must be a JSON object: {"task" or "tasks", "inputs"}')
     if first.get("type") == "model_attributes_type" and not location:
-        return _error(
-            422, f'the body must be a JSON object {{"task" or "tasks", "inputs"}}, got {first.get("input")!r:.40}'
-        )
+        if isinstance(first.get("input"), bytes):  # FastAPI did not parse it: it came as another content type
+            return _error(422, "send the body as JSON, with the header content-type: application/json")
+        got = repr(first.get("input"))[:40]
+        return _error(422, f'the body must be a JSON object {{"task" or "tasks", "inputs"}}, got {got}')
     if first.get("type") == "extra_forbidden":
-        return _error(422, f"unknown key {'.'.join(location)!r} (a request has task or tasks, inputs, options)")
+        keys = "task or tasks, inputs, options" if len(location) == 1 else "return_all_scores, top_k, threshold"
+        return _error(422, f"unknown key {'.'.join(location)!r} (the keys are {keys})")
     where = f"{'.'.join(location)}: " if location else ""
     return _error(422, f"{where}{first.get('msg', 'invalid value')}")
