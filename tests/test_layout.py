@@ -26,6 +26,7 @@ LAYERS = [
     ("hfmtl.training",),
     ("hfmtl.publish",),
     ("hfmtl.inference",),
+    ("hfmtl.serving",),
     ("hfmtl.analysis",),
     ("hfmtl.cli",),
     ("hfmtl", "hfmtl._auto"),  # the public API and the Auto-class hook sit on top

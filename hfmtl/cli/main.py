@@ -7,6 +7,7 @@
     hfmtl export MODEL_DIR --task TASK --out DIR [--overwrite]
     hfmtl predict MODEL --task TASK --input FILE|- --output FILE|-
     hfmtl info MODEL
+    hfmtl serve MODEL [--host H] [--port P] [--max-batch-size N] [--max-wait-ms MS] [--no-batching]
     hfmtl push MODEL_DIR REPO_ID [--private] [--revision BRANCH]
     hfmtl config [--list [SECTION]] [--markdown]
 
@@ -28,6 +29,7 @@ from ..publish.export import export_model_dir
 from .config import add_cli as add_config_cli
 from .predict import add_cli as add_inference_cli
 from .push import add_cli as add_hub_cli
+from .serve import add_cli as add_serve_cli
 
 _RECIPES = {"train": "train", "eval": "evaluate", "analyze": "analyze", "cv": "cv"}
 
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     export.set_defaults(handler=_export)
     add_inference_cli(sub)  # hfmtl predict | info
     add_hub_cli(sub)  # hfmtl push
+    add_serve_cli(sub)  # hfmtl serve
     add_config_cli(sub)  # hfmtl config
     if argv and argv[0] in _RECIPES:  # the recipe parses its own line (and prints its own --help)
         return exit_status_of(lambda: _run_recipe(argv[0], argv[1:]))
