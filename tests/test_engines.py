@@ -119,7 +119,7 @@ def test_what_an_engine_cannot_do_is_refused_before_training(engine, overrides, 
 @pytest.mark.parametrize(
     ("engine", "train", "balancing"),
     [
-        (("FSDP",), {"load_best_model_at_end": True}, {"step": "all_tasks", "method": "uncertainty"}),
+        (("FSDP",), {"load_best_model_at_end": True}, {"step": "all_tasks", "method": "dwa"}),
         (("DEEPSPEED", 2), {"load_best_model_at_end": True}, {"step": "all_tasks", "method": "uncertainty"}),
         (("MULTI_CPU",), {"load_best_model_at_end": True}, {"step": "all_tasks", "method": "pcgrad"}),
     ],

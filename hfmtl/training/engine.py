@@ -105,7 +105,9 @@ def check_engine_supports(config: RunConfig, accelerator: Accelerator) -> None:
       dict (hfmtl/model/weights.py), which takes FSDP2's sharded (DTensor) parameters but not ZeRO-3's
       partitioned ones, so the run would fail at its end, after all its training, with no final model;
     - a gradient balancing method (PCGrad, MGDA, ...) under DeepSpeed: it takes per-task gradients with
-      ``torch.autograd.grad``, which fires DeepSpeed's gradient-partitioning hooks out of turn.
+      ``torch.autograd.grad``, which fires DeepSpeed's gradient-partitioning hooks out of turn;
+    - under FSDP2, a gradient balancing method, uncertainty or gradnorm, and PEFT adapters
+      (`_check_fsdp_supports`).
 
     Raises:
         ConfigError: one of the above; the message names the engine and the alternative.
@@ -123,7 +125,32 @@ def check_engine_supports(config: RunConfig, accelerator: Accelerator) -> None:
         raise ConfigError(
             f"balancing.method={method!r} combines per-task gradients, which {engine} does not give back "
             "(its hooks partition gradients during backward): use a loss weighting (e.g. balancing.method="
-            "equal or uncertainty), or train with DDP or FSDP"
+            "equal or uncertainty), or train with DDP"
+        )
+    if kind == DistributedType.FSDP:
+        _check_fsdp_supports(config, engine)
+
+
+# balancing methods that reach past the sharded model: uncertainty's log-variances are optimizer
+# parameters outside it (Accelerate's FSDP2 preparation cannot switch them to sharded ones), gradnorm
+# takes per-task gradients of a shared layer with torch.autograd.grad, as the gradient methods do
+_OUTSIDE_THE_SHARDED_MODEL = ("uncertainty", "gradnorm")
+
+
+def _check_fsdp_supports(config: RunConfig, engine: str) -> None:
+    """FSDP2's part of `check_engine_supports`: per-task gradients and learned loss weights, and PEFT
+    adapters (saved and loaded unsharded, hfmtl/model/adapters.py), are refused."""
+    method = config.balancing.method
+    if combines_gradients(method) or method in _OUTSIDE_THE_SHARDED_MODEL:
+        what = "combines per-task gradients" if combines_gradients(method) else "reaches past the sharded model"
+        raise ConfigError(
+            f"balancing.method={method!r} {what}, which {engine} shards across processes: use a loss weighting "
+            "without parameters (e.g. balancing.method=equal, dwa or rlw), or train with DDP"
+        )
+    if config.peft is not None:
+        raise ConfigError(
+            f"peft adapters are not supported under {engine} yet (adapters and heads are saved and loaded "
+            f"unsharded): train them with DDP (configs/accelerate/ddp.yaml), or leave peft out under {engine}"
         )
 
 
