@@ -220,3 +220,41 @@ def test_a_refusal_under_fsdp2_comes_from_every_process_before_anything_is_writt
         -3000:
     ]
     assert not out.exists()
+
+
+# --- weight loading (hfmtl/model/weights.py), the path the best model and a resume take -------------
+
+_SPECS = {"cls": {"type": "classification", "num_labels": 2, "problem_type": "single_label_classification"}}
+
+
+def test_saved_weights_load_into_a_model_compiled_in_place(tiny_encoder_dir, tmp_path):
+    """A layer compiled in place names its parameters under torch.compile's ``_orig_mod.``; the saved
+    file names them plainly (hfmtl/model/modeling.py strips the prefix on save)."""
+    from hfmtl import MultiTaskModel
+
+    torch.manual_seed(0)
+    saved = MultiTaskModel.from_encoder(tiny_encoder_dir, _SPECS)
+    saved.save_pretrained(tmp_path)
+    torch.manual_seed(1)
+    model = MultiTaskModel.from_encoder(tiny_encoder_dir, _SPECS)
+    layers = model.encoder.encoder.layer
+    layers[0] = torch.compile(layers[0])  # compiled lazily: nothing runs until a forward
+    assert any("_orig_mod." in name for name in model.state_dict())
+    model.load_weights(tmp_path)
+    plain = {name.replace("_orig_mod.", ""): tensor for name, tensor in model.state_dict().items()}
+    assert all(torch.equal(plain[name], tensor) for name, tensor in saved.state_dict().items())
+
+
+def test_weights_with_a_missing_parameter_are_refused_and_nothing_is_loaded(tiny_encoder_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from hfmtl import MultiTaskModel
+    from hfmtl.errors import HfmtlError
+
+    model = MultiTaskModel.from_encoder(tiny_encoder_dir, _SPECS)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    state = {name: torch.zeros_like(tensor) for name, tensor in before.items() if name != "heads.cls.out_proj.bias"}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(HfmtlError, match=r"1 missing \(e\.g\. 'heads\.cls\.out_proj\.bias'\)"):
+        model.load_weights(tmp_path)
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
