@@ -106,7 +106,7 @@ def check_engine_supports(config: RunConfig, accelerator: Accelerator) -> None:
       partitioned ones, so the run would fail at its end, after all its training, with no final model;
     - a gradient balancing method (PCGrad, MGDA, ...) under DeepSpeed: it takes per-task gradients with
       ``torch.autograd.grad``, which fires DeepSpeed's gradient-partitioning hooks out of turn;
-    - under FSDP2, a gradient balancing method, uncertainty or gradnorm, and PEFT adapters
+    - under FSDP2, a gradient balancing method, the uncertainty weighting, and PEFT adapters
       (`_check_fsdp_supports`).
 
     Raises:
@@ -131,21 +131,24 @@ def check_engine_supports(config: RunConfig, accelerator: Accelerator) -> None:
         _check_fsdp_supports(config, engine)
 
 
-# balancing methods that reach past the sharded model: uncertainty's log-variances are optimizer
-# parameters outside it (Accelerate's FSDP2 preparation cannot switch them to sharded ones), gradnorm
-# takes per-task gradients of a shared layer with torch.autograd.grad, as the gradient methods do
-_OUTSIDE_THE_SHARDED_MODEL = ("uncertainty", "gradnorm")
+# loss weightings that reach past the sharded model: uncertainty's log-variances are optimizer
+# parameters outside it, which Accelerate's FSDP2 preparation cannot switch to sharded ones
+_OUTSIDE_THE_SHARDED_MODEL = ("uncertainty",)
 
 
 def _check_fsdp_supports(config: RunConfig, engine: str) -> None:
-    """FSDP2's part of `check_engine_supports`: per-task gradients and learned loss weights, and PEFT
-    adapters (saved and loaded unsharded, hfmtl/model/adapters.py), are refused."""
+    """FSDP2's part of `check_engine_supports`: combined per-task gradients, learned loss weights outside
+    the model, and PEFT adapters (saved and loaded unsharded, hfmtl/model/adapters.py) are refused."""
     method = config.balancing.method
     if combines_gradients(method) or method in _OUTSIDE_THE_SHARDED_MODEL:
-        what = "combines per-task gradients" if combines_gradients(method) else "reaches past the sharded model"
+        what = (
+            f"combines per-task gradients of parameters that {engine} shards across processes"
+            if combines_gradients(method)
+            else f"learns its weights as optimizer parameters outside the model, which {engine} cannot shard"
+        )
         raise ConfigError(
-            f"balancing.method={method!r} {what}, which {engine} shards across processes: use a loss weighting "
-            "without parameters (e.g. balancing.method=equal, dwa or rlw), or train with DDP"
+            f"balancing.method={method!r} {what}: use a loss weighting without parameters of its own "
+            "(e.g. balancing.method=equal, dwa or rlw), or train with DDP"
         )
     if config.peft is not None:
         raise ConfigError(
