@@ -140,7 +140,8 @@ def _restore_best_of_finished_run(trainer: MultiTaskTrainer, earlier: RunRecord,
         )
     trainer.unwrapped_model().load_weights(trainer.output_dir)
     save_best(trainer.accelerator, trainer.model, trainer.output_dir, state.best_step, run_id)
-    trainer.accelerator.load_state(str(checkpoint))
+    with optimizer_state_from(trainer.accelerator, trainer.model, trainer.optimizer, checkpoint):
+        trainer.accelerator.load_state(str(checkpoint))
 
 
 def _new_run_id() -> str:

@@ -22,8 +22,8 @@ the invented state (a step count of 1) would make the resumed run differ from th
 the parameters the checkpoint holds state for (read from its metadata), so the load asks for those
 only and overwrites each placeholder; the other parameters are hidden from torch's check that every
 trainable parameter has saved state (marked frozen for the load only), and stay without state, as in
-the run that wrote the checkpoint. DDP and a single process load the optimizer with its own `load_state_dict`, which
-needs none of this.
+the run that wrote the checkpoint. DDP and a single process load the optimizer with its own
+`load_state_dict`, which needs none of this.
 
 Example:
     >>> plan_fsdp_wrapping(accelerator, model)  # before accelerator.prepare  # doctest: +SKIP

@@ -208,7 +208,8 @@ def prepare_with_streams(
     eval_loaders: dict[str, DataLoader],
 ) -> tuple[Any, Any, dict[str, DataLoader], dict[str, DataLoader]]:
     """`accelerator.prepare` of the model (under FSDP2 wrapped as sharding.py plans), the optimizer and
-    every loader but the streams' (kept as they are); returns them prepared, each task's train loader in `train_loaders`' order."""
+    every loader but the streams' (kept as they are); returns them prepared, each task's train loader
+    in `train_loaders`' order."""
     in_memory = [name for name, loader in train_loaders.items() if not is_stream(loader.dataset)]
     plan_fsdp_wrapping(accelerator, model)
     prepared = accelerator.prepare(model, optimizer, *(train_loaders[n] for n in in_memory), *eval_loaders.values())
