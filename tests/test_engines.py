@@ -99,7 +99,6 @@ def _engine(kind: str, zero_stage: int | None = None):
 @pytest.mark.parametrize(
     ("engine", "overrides", "expected"),
     [
-        (("FSDP",), {}, "train.load_best_model_at_end is not supported under FSDP2 yet"),
         (("DEEPSPEED", 3), {}, "train.load_best_model_at_end is not supported under DeepSpeed ZeRO-3 yet"),
         (
             ("DEEPSPEED", 2),
@@ -107,7 +106,7 @@ def _engine(kind: str, zero_stage: int | None = None):
             "balancing.method='pcgrad' combines",
         ),
     ],
-    ids=["fsdp-best-model", "zero3-best-model", "deepspeed-pcgrad"],
+    ids=["zero3-best-model", "deepspeed-pcgrad"],
 )
 def test_what_an_engine_cannot_do_is_refused_before_training(engine, overrides, expected, tiny_encoder_dir, tmp_path):
     from hfmtl.training.engine import check_engine_supports
@@ -120,11 +119,11 @@ def test_what_an_engine_cannot_do_is_refused_before_training(engine, overrides, 
 @pytest.mark.parametrize(
     ("engine", "train", "balancing"),
     [
-        (("FSDP",), {"load_best_model_at_end": False}, {"step": "all_tasks", "method": "pcgrad"}),
+        (("FSDP",), {"load_best_model_at_end": True}, {"step": "all_tasks", "method": "dwa"}),
         (("DEEPSPEED", 2), {"load_best_model_at_end": True}, {"step": "all_tasks", "method": "uncertainty"}),
         (("MULTI_CPU",), {"load_best_model_at_end": True}, {"step": "all_tasks", "method": "pcgrad"}),
     ],
-    ids=["fsdp-last-weights", "zero2-loss-weighting", "ddp-anything"],
+    ids=["fsdp-best-model", "zero2-loss-weighting", "ddp-anything"],
 )
 def test_what_an_engine_can_do_passes(engine, train, balancing, tiny_encoder_dir, tmp_path):
     from hfmtl.training.engine import check_engine_supports

@@ -101,31 +101,59 @@ def check_engine(accelerator: Accelerator) -> None:
 def check_engine_supports(config: RunConfig, accelerator: Accelerator) -> None:
     """Refuse, before training, what the engine set up cannot do yet (docs/scaling.md lists each):
 
-    - ``load_best_model_at_end`` under FSDP or DeepSpeed ZeRO-3: the best weights are loaded back with a
-      plain ``load_state_dict``, which does not take sharded (DTensor) or partitioned parameters, so the
-      run would fail at its end, after all its training, with no final model;
+    - ``load_best_model_at_end`` under DeepSpeed ZeRO-3: the best weights are loaded back as a full state
+      dict (hfmtl/model/weights.py), which takes FSDP2's sharded (DTensor) parameters but not ZeRO-3's
+      partitioned ones, so the run would fail at its end, after all its training, with no final model;
     - a gradient balancing method (PCGrad, MGDA, ...) under DeepSpeed: it takes per-task gradients with
-      ``torch.autograd.grad``, which fires DeepSpeed's gradient-partitioning hooks out of turn.
+      ``torch.autograd.grad``, which fires DeepSpeed's gradient-partitioning hooks out of turn;
+    - under FSDP2, a gradient balancing method, the uncertainty weighting, and PEFT adapters
+      (`_check_fsdp_supports`).
 
     Raises:
         ConfigError: one of the above; the message names the engine and the alternative.
     """
     kind, engine = accelerator.distributed_type, describe_engine(accelerator)
-    sharded = kind == DistributedType.FSDP or (
-        kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
-    )
-    if sharded and config.train.load_best_model_at_end:
+    partitioned = kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+    if partitioned and config.train.load_best_model_at_end:
         raise ConfigError(
             f"train.load_best_model_at_end is not supported under {engine} yet (the best weights cannot be "
-            "loaded back into sharded parameters): set train.load_best_model_at_end=false to keep the last "
-            "weights, or train with DDP or DeepSpeed ZeRO-2"
+            "loaded back into partitioned parameters): set train.load_best_model_at_end=false to keep the last "
+            "weights, or train with DDP, FSDP2 or DeepSpeed ZeRO-2"
         )
     method = config.balancing.method
     if kind == DistributedType.DEEPSPEED and combines_gradients(method):
         raise ConfigError(
             f"balancing.method={method!r} combines per-task gradients, which {engine} does not give back "
             "(its hooks partition gradients during backward): use a loss weighting (e.g. balancing.method="
-            "equal or uncertainty), or train with DDP or FSDP"
+            "equal or uncertainty), or train with DDP"
+        )
+    if kind == DistributedType.FSDP:
+        _check_fsdp_supports(config, engine)
+
+
+# loss weightings that reach past the sharded model: uncertainty's log-variances are optimizer
+# parameters outside it, which Accelerate's FSDP2 preparation cannot switch to sharded ones
+_OUTSIDE_THE_SHARDED_MODEL = ("uncertainty",)
+
+
+def _check_fsdp_supports(config: RunConfig, engine: str) -> None:
+    """FSDP2's part of `check_engine_supports`: combined per-task gradients, learned loss weights outside
+    the model, and PEFT adapters (saved and loaded unsharded, hfmtl/model/adapters.py) are refused."""
+    method = config.balancing.method
+    if combines_gradients(method) or method in _OUTSIDE_THE_SHARDED_MODEL:
+        what = (
+            f"combines per-task gradients of parameters that {engine} shards across processes"
+            if combines_gradients(method)
+            else f"learns its weights as optimizer parameters outside the model, which {engine} cannot shard"
+        )
+        raise ConfigError(
+            f"balancing.method={method!r} {what}: use a loss weighting without parameters of its own "
+            "(e.g. balancing.method=equal, dwa or rlw), or train with DDP"
+        )
+    if config.peft is not None:
+        raise ConfigError(
+            f"peft adapters are not supported under {engine} yet (adapters and heads are saved and loaded "
+            f"unsharded): train them with DDP (configs/accelerate/ddp.yaml), or leave peft out under {engine}"
         )
 
 

@@ -27,6 +27,7 @@ from .best_model import held_by_best, save_best
 from .checkpointing import resolve_resume_path
 from .manifest import read_manifest
 from .resume_contract import EXTEND, check_finished_run, check_resume
+from .sharding import optimizer_state_from
 
 if TYPE_CHECKING:
     from .trainer import MultiTaskTrainer
@@ -95,7 +96,8 @@ def resume_run(trainer: MultiTaskTrainer) -> ResumePoint:
             "the two; resume into the checkpoint's own output_dir, or another one"
         )
     check_resume(checkpoint, stamp["extra"], trainer.config, trainer.accelerator, trainer.total_steps)
-    trainer.accelerator.load_state(str(checkpoint))
+    with optimizer_state_from(trainer.accelerator, trainer.model, trainer.optimizer, checkpoint):  # FSDP2's
+        trainer.accelerator.load_state(str(checkpoint))
     step = trainer.state.global_step
     record.run_id = stamp.get("run_id") or _new_run_id()
     # evaluations after the checkpoint were made by the run that crashed: they are made again
@@ -138,7 +140,8 @@ def _restore_best_of_finished_run(trainer: MultiTaskTrainer, earlier: RunRecord,
         )
     trainer.unwrapped_model().load_weights(trainer.output_dir)
     save_best(trainer.accelerator, trainer.model, trainer.output_dir, state.best_step, run_id)
-    trainer.accelerator.load_state(str(checkpoint))
+    with optimizer_state_from(trainer.accelerator, trainer.model, trainer.optimizer, checkpoint):
+        trainer.accelerator.load_state(str(checkpoint))
 
 
 def _new_run_id() -> str:

@@ -69,6 +69,7 @@ from ..config import TrainConfig
 from ..errors import BadRowError, DataError, HfmtlError
 from ..tasks import Task
 from .bad_rows import describe_unreadable, reader_logs_silenced
+from .sharding import plan_fsdp_wrapping
 
 logger = logging.getLogger("hfmtl")
 
@@ -206,9 +207,11 @@ def prepare_with_streams(
     train_loaders: dict[str, DataLoader],
     eval_loaders: dict[str, DataLoader],
 ) -> tuple[Any, Any, dict[str, DataLoader], dict[str, DataLoader]]:
-    """`accelerator.prepare` of the model, the optimizer and every loader but the streams' (kept as they
-    are); returns them prepared, each task's train loader in `train_loaders`' order."""
+    """`accelerator.prepare` of the model (under FSDP2 wrapped as sharding.py plans), the optimizer and
+    every loader but the streams' (kept as they are); returns them prepared, each task's train loader
+    in `train_loaders`' order."""
     in_memory = [name for name, loader in train_loaders.items() if not is_stream(loader.dataset)]
+    plan_fsdp_wrapping(accelerator, model)
     prepared = accelerator.prepare(model, optimizer, *(train_loaders[n] for n in in_memory), *eval_loaders.values())
     ready = dict(zip(in_memory, prepared[2 : 2 + len(in_memory)]))
     train = {name: ready.get(name, loader) for name, loader in train_loaders.items()}
