@@ -1,16 +1,19 @@
-"""Test-only: run recipes/train.py under `accelerate launch` with DeepSpeed on CPU processes (gloo).
+"""Test-only: recipes/train.py under `accelerate launch` with DeepSpeed, on CPU processes (gloo).
 
-Accelerate (1.15) sets DeepSpeed up only on an accelerator: on a machine without one, a DeepSpeed launch
-gives each process a state of its own ("process 0 of 1"), and DeepSpeed then trips over the world size it
-sees itself (docs/scaling.md). This script forces ONE thing: where no accelerator is present and the
-launcher asked for DeepSpeed, Accelerate picks the CPU process group (gloo, distributed type MULTI_CPU)
-that its own code then turns into DEEPSPEED -- what it does with NCCL on GPUs. Everything after that is
-the unpatched path: DeepSpeed's engine (its CPU accelerator), Accelerate's `prepare`, save and load
-utilities, and all of hfmtl. Users on GPUs never run this file.
+Accelerate (1.15) builds its DeepSpeed state only on an accelerator. Without one, a DeepSpeed launch picks
+no process group: each process is "process 0 of 1" to Accelerate while DeepSpeed sees 2, and its batch-size
+check fails (``8 != 8 * 1 * 2``). This script changes ONE choice, where no accelerator is present and the
+launcher asked for DeepSpeed: the process group Accelerate prepares is the CPU's (gloo, ``MULTI_CPU``),
+which its own code then turns into ``DEEPSPEED`` -- as it does with NCCL on GPUs. Everything after that is
+the unpatched path: DeepSpeed's engine on its CPU accelerator, Accelerate's `prepare`, `save_state`,
+`load_state` and `get_state_dict`, and all of hfmtl (which sees a DeepSpeed run on a ``cpu`` device).
+Users never run this file: on GPUs, Accelerate picks NCCL itself (docs/scaling.md).
 
-Usage (tests/test_deepspeed.py):
     accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml tests/deepspeed_shim.py \
-        --config run.yaml
+        --config run.yaml [section.key=value ...]
+
+``HFMTL_TEST_CRASH_AT_STEP=N`` in the environment adds conftest's `CrashAt(N)` to the run's callbacks, as
+`conftest.run_recipe` passes it in-process: the run dies as step N begins, for a resume to continue.
 """
 
 from __future__ import annotations
@@ -24,18 +27,29 @@ import torch
 from accelerate.state import PartialState
 from accelerate.utils import DistributedType
 
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "train.py"
 _prepare_backend = PartialState._prepare_backend
 
 
 def _prepare_backend_on_cpu(self, cpu=False, sagemaker_dp=False, backend=None):
-    asked = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    if asked and not cpu and not torch.cuda.is_available() and int(os.environ.get("LOCAL_RANK", -1)) != -1:
+    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if launched and deepspeed and not cpu and not torch.cuda.is_available():
         return "gloo", DistributedType.MULTI_CPU
     return _prepare_backend(self, cpu, sagemaker_dp, backend)
 
 
-if __name__ == "__main__":
+def main() -> int:
+    from conftest import CrashAt  # tests/ is this script's folder, first on sys.path
+
+    from hfmtl.errors import exit_status_of
+
     PartialState._prepare_backend = _prepare_backend_on_cpu
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "train.py"
-    sys.argv = [str(recipe), *sys.argv[1:]]
-    runpy.run_path(str(recipe), run_name="__main__")
+    recipe = runpy.run_path(str(RECIPE), run_name="recipe_train")
+    crash = os.environ.get("HFMTL_TEST_CRASH_AT_STEP")
+    callbacks = [CrashAt(int(crash))] if crash else []
+    return exit_status_of(lambda: recipe["run"](recipe["parse_args"](sys.argv[1:]), callbacks) and 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

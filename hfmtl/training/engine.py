@@ -101,9 +101,10 @@ def check_engine(accelerator: Accelerator) -> None:
 def check_engine_supports(config: RunConfig, accelerator: Accelerator) -> None:
     """Refuse, before training, what the engine set up cannot do yet (docs/scaling.md lists each):
 
-    - ``load_best_model_at_end`` under FSDP or DeepSpeed ZeRO-3: the best weights are loaded back with a
-      plain ``load_state_dict``, which does not take sharded (DTensor) or partitioned parameters, so the
-      run would fail at its end, after all its training, with no final model;
+    - ``load_best_model_at_end`` under FSDP: the best weights are loaded back with a plain
+      ``load_state_dict``, which does not take sharded (DTensor) parameters, so the run would fail at its
+      end, after all its training, with no final model (ZeRO-3's partitioned parameters are gathered for
+      it: zero3.py);
     - a gradient balancing method (PCGrad, MGDA, ...) under DeepSpeed: it takes per-task gradients with
       ``torch.autograd.grad``, which fires DeepSpeed's gradient-partitioning hooks out of turn.
 
@@ -111,14 +112,11 @@ def check_engine_supports(config: RunConfig, accelerator: Accelerator) -> None:
         ConfigError: one of the above; the message names the engine and the alternative.
     """
     kind, engine = accelerator.distributed_type, describe_engine(accelerator)
-    sharded = kind == DistributedType.FSDP or (
-        kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
-    )
-    if sharded and config.train.load_best_model_at_end:
+    if kind == DistributedType.FSDP and config.train.load_best_model_at_end:
         raise ConfigError(
             f"train.load_best_model_at_end is not supported under {engine} yet (the best weights cannot be "
             "loaded back into sharded parameters): set train.load_best_model_at_end=false to keep the last "
-            "weights, or train with DDP or DeepSpeed ZeRO-2"
+            "weights, or train with DDP or DeepSpeed"
         )
     method = config.balancing.method
     if kind == DistributedType.DEEPSPEED and combines_gradients(method):
