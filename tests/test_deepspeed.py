@@ -25,7 +25,6 @@ from conftest import REPO_ROOT, TASK_CONFIGS, make_config, write_config
 from hfmtl.run_record import RunRecord
 
 pytest.importorskip("deepspeed")  # the `deepspeed` extra: `make install` and CI install it
-pytestmark = [pytest.mark.slow, pytest.mark.engines]
 
 SHIM = Path(__file__).with_name("deepspeed_shim.py")
 TASKS = {
@@ -118,6 +117,8 @@ def runs(request, tiny_encoder_dir, tmp_path_factory) -> tuple[int, dict]:
     }
 
 
+@pytest.mark.slow
+@pytest.mark.engines
 def test_three_tasks_train_evaluate_and_save_the_best_model(runs):
     import torch
     from transformers import AutoModel
@@ -154,6 +155,8 @@ def _batch(out: Path) -> dict:
     return dict(tokenizer(["A man plays."], ["Someone plays."], return_tensors="pt"))
 
 
+@pytest.mark.slow
+@pytest.mark.engines
 def test_a_resume_from_a_checkpoint_before_every_head_trained_is_exact(runs):
     _, launched = runs
     whole, crashed, resumed = launched["whole"], launched["crashed"], launched["resumed"]
@@ -168,6 +171,8 @@ def test_a_resume_from_a_checkpoint_before_every_head_trained_is_exact(runs):
     assert RunRecord.read(resumed["out"]).history == RunRecord.read(whole["out"]).history
 
 
+@pytest.mark.slow
+@pytest.mark.engines
 def test_per_task_lora_under_zero3(tiny_encoder_dir, tmp_path):
     from transformers import AutoModel
 
@@ -188,6 +193,8 @@ def test_per_task_lora_under_zero3(tiny_encoder_dir, tmp_path):
         assert moved and all(moved) == (task in trained) and any(moved) == (task in trained), (task, trained)
 
 
+@pytest.mark.slow
+@pytest.mark.engines
 def test_a_gradient_balancing_method_is_refused_before_training(tiny_encoder_dir, tmp_path):
     config = _config(tiny_encoder_dir, tmp_path)
     code, output = _launch(2, config, "balancing.step=all_tasks", "balancing.method=pcgrad")
@@ -197,3 +204,51 @@ def test_a_gradient_balancing_method_is_refused_before_training(tiny_encoder_dir
     assert output.count("use a loss weighting (e.g. balancing.method=equal or uncertainty)") == 2
     assert "Traceback" not in output.split("error: ")[0]
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+# --- the run config's accumulation and clipping in DeepSpeed's config (no launch: the plugin is real) ---
+
+
+def _deepspeed_accelerator(**plugin):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    return SimpleNamespace(
+        distributed_type=DistributedType.DEEPSPEED,
+        state=SimpleNamespace(deepspeed_plugin=DeepSpeedPlugin(zero_stage=2, **plugin)),
+    )
+
+
+def _run_config(encoder: str, tmp_path: Path, **train):
+    from hfmtl.config import config_from_dict
+
+    return config_from_dict(make_config(encoder, tmp_path / "out", {"rte": TASK_CONFIGS["rte"]}, **train))
+
+
+@pytest.mark.parametrize(("max_grad_norm", "clipping"), [(0.5, 0.5), (None, 0.0)])
+def test_auto_values_take_the_run_config(max_grad_norm, clipping, tiny_encoder_dir, tmp_path):
+    from hfmtl.training.deepspeed_config import align_deepspeed_config
+
+    accelerator = _deepspeed_accelerator(gradient_accumulation_steps="auto")  # gradient_clipping: auto
+    config = _run_config(tiny_encoder_dir, tmp_path, max_grad_norm=max_grad_norm, gradient_accumulation_steps=3)
+    align_deepspeed_config(config, accelerator)
+    ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+    assert ds_config["gradient_clipping"] == clipping and ds_config["gradient_accumulation_steps"] == 3
+
+
+@pytest.mark.parametrize(
+    ("plugin", "train", "expected"),
+    [
+        ({"gradient_accumulation_steps": 1}, {"gradient_accumulation_steps": 4}, "train.gradient_accumulation_steps=4"),
+        ({"gradient_clipping": 1.0}, {"max_grad_norm": 0.5}, "train.max_grad_norm=0.5 but the DeepSpeed config"),
+    ],
+    ids=["accumulation", "clipping"],
+)
+def test_a_deepspeed_value_that_differs_is_refused(plugin, train, expected, tiny_encoder_dir, tmp_path):
+    from hfmtl.errors import ConfigError
+    from hfmtl.training.deepspeed_config import align_deepspeed_config
+
+    with pytest.raises(ConfigError, match=re.escape(expected)) as caught:
+        align_deepspeed_config(_run_config(tiny_encoder_dir, tmp_path, **train), _deepspeed_accelerator(**plugin))
+    assert "DeepSpeed's value would win" in str(caught.value) and "\n" not in str(caught.value)
