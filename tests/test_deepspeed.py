@@ -139,7 +139,7 @@ def test_three_tasks_train_evaluate_and_save_the_best_model(runs):
 
     model = AutoModel.from_pretrained(out)  # the saved full model, through transformers
     assert type(model).__name__ == "MultiTaskModel" and sorted(model.config.tasks) == sorted(TASKS)
-    reloaded = {name: tensor for name, tensor in model.state_dict().items()}
+    reloaded = model.state_dict()
     best = _fp32_weights(out / "checkpoints" / "checkpoint-2")
     last = _fp32_weights(out / "checkpoints" / "checkpoint-6")
     assert _equal({k: reloaded[k] for k in best}, best)  # the best step's weights, bit for bit
