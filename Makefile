@@ -23,7 +23,7 @@ $(BIN)/python:
 # transformers/accelerate) would download a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet -c $(LOCK) torch
-	$(BIN)/pip install --quiet -c $(LOCK) -e ".[dev]"
+	$(BIN)/pip install --quiet -c $(LOCK) -e ".[dev,deepspeed]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -42,7 +42,7 @@ test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet -c $(LOCK) torch
-	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev,deepspeed]"
 	$(LATEST)/bin/pip list --format=freeze | grep -iE "^(transformers|accelerate|peft|datasets|huggingface.hub|evaluate|torch)=="
 	$(LATEST)/bin/python -m pytest -q $(ARGS)
 

@@ -99,14 +99,13 @@ def _engine(kind: str, zero_stage: int | None = None):
 @pytest.mark.parametrize(
     ("engine", "overrides", "expected"),
     [
-        (("DEEPSPEED", 3), {}, "train.load_best_model_at_end is not supported under DeepSpeed ZeRO-3 yet"),
         (
             ("DEEPSPEED", 2),
             {"balancing": {"step": "all_tasks", "method": "pcgrad"}},
             "balancing.method='pcgrad' combines",
         ),
     ],
-    ids=["zero3-best-model", "deepspeed-pcgrad"],
+    ids=["deepspeed-pcgrad"],
 )
 def test_what_an_engine_cannot_do_is_refused_before_training(engine, overrides, expected, tiny_encoder_dir, tmp_path):
     from hfmtl.training.engine import check_engine_supports
@@ -121,9 +120,10 @@ def test_what_an_engine_cannot_do_is_refused_before_training(engine, overrides, 
     [
         (("FSDP",), {"load_best_model_at_end": True}, {"step": "all_tasks", "method": "dwa"}),
         (("DEEPSPEED", 2), {"load_best_model_at_end": True}, {"step": "all_tasks", "method": "uncertainty"}),
+        (("DEEPSPEED", 3), {"load_best_model_at_end": True}, {"step": "one_task", "method": "equal"}),
         (("MULTI_CPU",), {"load_best_model_at_end": True}, {"step": "all_tasks", "method": "pcgrad"}),
     ],
-    ids=["fsdp-best-model", "zero2-loss-weighting", "ddp-anything"],
+    ids=["fsdp-best-model", "zero2-loss-weighting", "zero3-best-model", "ddp-anything"],
 )
 def test_what_an_engine_can_do_passes(engine, train, balancing, tiny_encoder_dir, tmp_path):
     from hfmtl.training.engine import check_engine_supports

@@ -101,9 +101,6 @@ def check_engine(accelerator: Accelerator) -> None:
 def check_engine_supports(config: RunConfig, accelerator: Accelerator) -> None:
     """Refuse, before training, what the engine set up cannot do yet (docs/scaling.md lists each):
 
-    - ``load_best_model_at_end`` under DeepSpeed ZeRO-3: the best weights are loaded back as a full state
-      dict (hfmtl/model/weights.py), which takes FSDP2's sharded (DTensor) parameters but not ZeRO-3's
-      partitioned ones, so the run would fail at its end, after all its training, with no final model;
     - a gradient balancing method (PCGrad, MGDA, ...) under DeepSpeed: it takes per-task gradients with
       ``torch.autograd.grad``, which fires DeepSpeed's gradient-partitioning hooks out of turn;
     - under FSDP2, a gradient balancing method, the uncertainty weighting, and PEFT adapters
@@ -113,13 +110,6 @@ def check_engine_supports(config: RunConfig, accelerator: Accelerator) -> None:
         ConfigError: one of the above; the message names the engine and the alternative.
     """
     kind, engine = accelerator.distributed_type, describe_engine(accelerator)
-    partitioned = kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
-    if partitioned and config.train.load_best_model_at_end:
-        raise ConfigError(
-            f"train.load_best_model_at_end is not supported under {engine} yet (the best weights cannot be "
-            "loaded back into partitioned parameters): set train.load_best_model_at_end=false to keep the last "
-            "weights, or train with DDP, FSDP2 or DeepSpeed ZeRO-2"
-        )
     method = config.balancing.method
     if kind == DistributedType.DEEPSPEED and combines_gradients(method):
         raise ConfigError(

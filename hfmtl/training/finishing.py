@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from ..run_record import RunRecord
 from .best_model import check_best_holds, remove_best
 from .setup import training_summary
+from .zero3 import load_weights
 
 if TYPE_CHECKING:
     from .trainer import MultiTaskTrainer
@@ -39,7 +40,7 @@ def finish(trainer: MultiTaskTrainer, runtime_seconds: float) -> None:
     args, state, output_dir = trainer.args, trainer.state, trainer.output_dir
     if args.load_best_model_at_end and state.best_step is not None:
         best = check_best_holds(output_dir, state.best_step, trainer.record.run_id)
-        trainer.unwrapped_model().load_weights(best)
+        load_weights(trainer.accelerator, trainer.unwrapped_model(), best)  # also into ZeRO-3 partitions
         key = args.metric_for_best_model
         logger.info("Loaded the best model (step %s, %s %.4f)", state.best_step, key, state.best_metric)
     trainer.save_model(output_dir)
@@ -58,7 +59,7 @@ def finish_side_jobs(trainer: MultiTaskTrainer) -> None:
     trainer.record = RunRecord.read(output_dir)
     state.global_step = trainer.record.train["steps"]
     state.best_step, state.best_metric = trainer.record.best_step, trainer.record.best_value
-    trainer.unwrapped_model().load_weights(output_dir)
+    load_weights(trainer.accelerator, trainer.unwrapped_model(), output_dir)
     logger.info("The final model of step %d was saved before an interruption: finishing its run", state.global_step)
     if trainer.accelerator.is_main_process:
         remove_best(output_dir)

@@ -28,6 +28,7 @@ from .checkpointing import resolve_resume_path
 from .manifest import read_manifest
 from .resume_contract import EXTEND, check_finished_run, check_resume
 from .sharding import optimizer_state_from
+from .zero3 import load_weights
 
 if TYPE_CHECKING:
     from .trainer import MultiTaskTrainer
@@ -138,7 +139,7 @@ def _restore_best_of_finished_run(trainer: MultiTaskTrainer, earlier: RunRecord,
             f"the finished run's best model (step {earlier.best_step}) was evaluated after its last checkpoint "
             f"{checkpoint}: training on from there would lose it; use another train.output_dir"
         )
-    trainer.unwrapped_model().load_weights(trainer.output_dir)
+    load_weights(trainer.accelerator, trainer.unwrapped_model(), trainer.output_dir)  # also under ZeRO-3
     save_best(trainer.accelerator, trainer.model, trainer.output_dir, state.best_step, run_id)
     with optimizer_state_from(trainer.accelerator, trainer.model, trainer.optimizer, checkpoint):
         trainer.accelerator.load_state(str(checkpoint))

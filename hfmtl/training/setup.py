@@ -33,6 +33,7 @@ from accelerate.utils import (
 
 from ..config import RunConfig
 from ..errors import ConfigError
+from .deepspeed_config import align_deepspeed_config
 from .engine import check_engine, check_engine_supports, describe_engine, log_process, refuse_engine_on_cpu
 from .run_lock import LOCK_FILE
 
@@ -79,6 +80,7 @@ def build_accelerator(config: RunConfig, cpu: bool = False) -> Accelerator:
     setup_logging(accelerator)
     check_engine(accelerator)
     check_engine_supports(config, accelerator)
+    align_deepspeed_config(config, accelerator)  # DeepSpeed clips and accumulates by its own config
     _refuse_precision_without_autocast(accelerator, precision_source)
     log_process(accelerator)
     logger.info(

@@ -52,6 +52,7 @@ from ..model.adapters import update_adalora_budget
 from ..model.backbone import encoder_layer_groups
 from ..model.freezing import GradualUnfreezer
 from .nonfinite import NonfiniteGuard
+from .zero3 import clear_unused_gradients
 
 logger = logging.getLogger("hfmtl")
 
@@ -258,6 +259,7 @@ class StepRunner:
         if acc.sync_gradients and not acc.optimizer_step_was_skipped:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        clear_unused_gradients(acc, self.model)  # ZeRO-3 would apply an unused head's old gradient again
 
 
 def _shared_gradients(
