@@ -173,7 +173,7 @@ class TrainingUnits:
         index = {name: i for i, name in enumerate(self.tasks)}
         train = {}
         for unit, names in self.members.items():
-            rows = self.train.get(unit, self.data[unit].train)
+            rows = self.train[unit] if unit in self.groups else self.data[unit].train
             collator = self.groups.get(unit) or self.tasks[unit]
             if is_stream(rows):
                 train[unit] = build_stream_loader(collator, rows, tokenizer, self.batch_sizes[unit], args)
