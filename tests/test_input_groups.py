@@ -238,6 +238,31 @@ def test_a_group_trains_on_one_encoder_pass_per_step_and_logs_each_task(tiny_enc
     assert set(trainer.state.positions) == {"conll", "rte"}
 
 
+def test_a_group_may_mix_task_types_whose_inputs_agree(tiny_encoder_dir, tmp_path):
+    """STS-B's score (regression) and its genre (classification, not evaluated) on the same sentence pairs."""
+    train_file = {"train": TASK_CONFIGS["stsb"]["data_files"]["train"]}
+    tasks = {
+        "stsb": {**TASK_CONFIGS["stsb"], "input_group": "pairs"},
+        "genre": {
+            **TASK_CONFIGS["stsb"],
+            "type": "classification",
+            "label_column": "genre",
+            "data_files": train_file,
+            "eval_split": None,
+            "input_group": "pairs",
+        },
+    }
+    passes = EncoderPasses()
+    run_recipe(
+        write_config(tmp_path / "run.yaml", _config(tmp_path, tiny_encoder_dir, tasks, max_steps=3)), callbacks=[passes]
+    )
+    assert passes.per_step == [(["stsb", "genre"], 1)] * 3
+    log = (tmp_path / "out" / "train.log").read_text()
+    assert "train/stsb/loss" in log and "train/genre/loss" in log
+    history = json.loads((tmp_path / "out" / "metrics.json").read_text())["history"]
+    assert "eval/stsb/pearson" in history[-1] and not any(k.startswith("eval/genre") for k in history[-1])
+
+
 def test_tasks_that_could_share_rows_get_a_hint_in_the_log(tiny_encoder_dir, tmp_path, caplog):
     tasks = {name: {k: v for k, v in cfg.items() if k != "input_group"} for name, cfg in GROUPED.items()}
     config = _config(tmp_path, tiny_encoder_dir, tasks, max_steps=1)
