@@ -18,6 +18,12 @@ forward for one backward. Then, by the method's family (hfmtl/balancing/):
   usual), and the combined gradient replaces the shared parameters' ``.grad`` before clipping and the
   optimizer step. Cost: T + 1 backward passes per micro-step and T x P floats of memory.
 
+An input group (hfmtl/training/input_groups.py) is one unit of a step: its batch carries the rows once
+and every task's labels, and one forward gives each of its tasks a loss from one encoder pass. In a
+one-task step the balancer weighs those losses (as it weighs an all-tasks step's); in an all-tasks step
+they join the other units' losses, and a gradient method takes each task's gradient through the shared
+pass like any other.
+
 Strategies compute and never own the loop: here, in `StepRunner`, are the backward passes, the
 all-reduces and the writes into ``.grad``. Their state is checkpointed with the run (exact resume).
 
