@@ -295,3 +295,12 @@ def test_a_killed_grouped_run_resumes_exactly(balancing, tiny_encoder_dir, tmp_p
         json.loads((straight / "metrics.json").read_text())["history"]
         == json.loads((resumed / "metrics.json").read_text())["history"]
     )
+
+
+def test_a_cross_validation_fold_keeps_a_group_on_one_set_of_rows(tiny_encoder_dir, tmp_path):
+    from hfmtl.training.cross_validation import fold_config, fold_data_files
+
+    config = fold_config(config_from_dict(_config(tmp_path, tiny_encoder_dir)), 1, tmp_path / "cv")
+    files = fold_data_files(tmp_path / "cv", 1, "ner")  # the group's first task's fold, every column kept
+    assert [config.tasks[n].data_files for n in ("ner", "pos", "chunk")] == [files] * 3
+    assert config.tasks["rte"].data_files == fold_data_files(tmp_path / "cv", 1, "rte")
