@@ -224,3 +224,27 @@ def test_profile_loop_smoke_breaks_the_step_down(tmp_path):
     assert times and times == sorted(times, reverse=True) and all(t >= 0 for t in times)
     assert (tmp_path / "trace.json").stat().st_size > 1000
     assert "Per optimizer step" in proc.stdout and "host syncs per step" in proc.stdout
+
+
+def test_shared_input_smoke_run_measures_both_sides_of_every_task_set(tmp_path):
+    script = REPO_ROOT / "benchmarks" / "shared_input.py"
+    proc = _run_script(script, ["--smoke", "--output-dir", str(tmp_path)], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["machine"]["cpu_cores"] >= 1 and results["versions"]["hfmtl"]
+    for name, tasks in (("ner_pos_chunk", ["ner", "pos", "chunk"]), ("ner_pos", ["ner", "pos"])):
+        runs = results["sets"][name]
+        grouped, separate = runs["grouped"], runs["separate"]
+        # the same batches of every task: 3 steps of the group, 3 of each task in turn
+        assert grouped["steps"] == 3 and separate["steps"] == 3 * len(tasks)
+        # timed after the warm-up's first batch (32 of the 48 rows): the last 16 rows of the first pass and
+        # the first 32 of the next, for every task, whether grouped or separate
+        assert grouped["task_examples"] == separate["task_examples"] == 48 * len(tasks)
+        for run in (grouped, separate):
+            assert _positive(run["seconds"]) and _positive(run["task_examples_per_second"])
+            assert {key.split("/")[1] for key in run["dev"]} == set(tasks)
+            assert all(math.isfinite(v) for v in run["dev"].values())
+        assert _positive(runs["speedup"])
+        assert f"{name:<15}grouped" in proc.stdout
+    log = (tmp_path / "ner_pos" / "grouped" / "train.log").read_text()
+    assert "input group shared: tasks ['ner', 'pos'] train on one encoder pass per batch" in log

@@ -72,6 +72,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+INPUT_GROUP = [
+    "tasks.ner.input_group=conll",
+    "tasks.pos.type=token_classification",
+    f"tasks.pos.data_files={json.dumps(TASK_CONFIGS['ner']['data_files'])}",
+    "tasks.pos.tags_column=pos_tags",
+    "tasks.pos.input_group=conll",
+    "tasks.pos.max_train_samples=64",
+    "tasks.pos.max_eval_samples=32",
+]
 VARIANTS = {
     "full": [],
     # per-task LoRA: every rank must switch adapters in step, and DDP must sync adapters that were
@@ -98,8 +107,14 @@ VARIANTS = {
     ],
     # a learned weighting outside the DDP-wrapped model: its gradients are averaged by hand
     "uncertainty_all_tasks": ["balancing.step=all_tasks", "balancing.method=uncertainty"],
+    # NER and POS of the same CoNLL rows as one input group: one encoder pass per group step, its batches
+    # sharded like any task's; with a loss weighting in the one-task step, and with PCGrad on every task's
+    # gradient from the shared pass
+    "input_group": [*INPUT_GROUP, "balancing.method=initial_loss", "train.gradient_accumulation_steps=2"],
+    "input_group_pcgrad": [*INPUT_GROUP, "balancing.step=all_tasks", "balancing.method=pcgrad"],
 }
-ALL_TASKS = {"pcgrad_lora_accumulation", "uncertainty_all_tasks"}
+ALL_TASKS = {"pcgrad_lora_accumulation", "uncertainty_all_tasks", "input_group_pcgrad"}
+GROUPED = {"input_group", "input_group_pcgrad"}
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -142,8 +157,14 @@ def test_two_process_cpu_run_stays_in_lockstep(variant, tiny_encoder_dir, tmp_pa
     assert [r["rank"] for r in records] == [0, 1]
     assert all(r["world"] == 2 and r["backend"] == "gloo" and "MULTI_CPU" in r["distributed_type"] for r in records)
     assert len(records[0]["tasks"]) == 8  # the tasks of every step, the same on both ranks
-    if variant not in ALL_TASKS:  # one sampled task per step
+    if variant not in ALL_TASKS | GROUPED:  # one sampled task per step
         assert all(len(task_names) == 1 for task_names in records[0]["tasks"])
+    if variant == "input_group":  # the group's steps train both of its tasks
+        assert ["ner", "pos"] in records[0]["tasks"]
+    if variant == "input_group_pcgrad":
+        assert all(task_names == ["rte", "ner", "pos", "stsb"] for task_names in records[0]["tasks"])
+    if variant in GROUPED:  # one position in the data for the group
+        assert set(records[0]["batches"]) == {"rte", "conll", "stsb"}
     assert records[0]["tasks"] == records[1]["tasks"]
     assert records[0]["batches"] == records[1]["batches"]
     assert records[0]["params"] == records[1]["params"]  # DDP kept the replicas identical

@@ -305,6 +305,17 @@ def test_card_says_what_each_step_trained_and_what_the_run_used(saved, tmp_path)
 
     default = build_model_card(saved["plain"]).text
     assert "one task per optimizer step" in default and "Each optimizer step" not in default
+    assert "Input groups" not in default
+
+    def grouped(run):
+        for name in ("rte", "stsb"):
+            run["tasks"][name]["input_group"] = "pairs"
+
+    card = build_model_card(card_only_copy(saved["plain"], tmp_path / "b", run=grouped)).text
+    assert (
+        "- Input groups (a batch of a group's rows encoded once for all of its tasks, the group drawn as one "
+        "unit): `rte` in `pairs`, `stsb` in `pairs`." in card
+    )
     assert "Mixed precision: as the launcher set it (not recorded)" in default  # metrics.json has no record
 
 

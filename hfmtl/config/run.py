@@ -28,6 +28,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..typed import _suggest, build_dataclass, translate_renamed_keys
+from .input_groups import check_input_groups
 from .sections import BalancingConfig, ModelConfig, PeftSection, SamplingConfig, StageConfig
 from .train import TrainConfig
 
@@ -48,6 +49,12 @@ class RunConfig:
         if not self.tasks:
             raise ConfigError("tasks is empty; name at least one task under `tasks:`")
         self.best_model_greater_is_better()  # checks metric_for_best_model's task and direction
+        check_input_groups(self.tasks, self.model.max_length)
+        if self.peft is not None and self.peft.mode == "per_task" and any(t.input_group for t in self.tasks.values()):
+            raise ConfigError(
+                "peft.mode=per_task gives each task its own adapter in the encoder, so the tasks of an input group "
+                "cannot share an encoder pass: use peft.mode=shared, or drop input_group"
+            )
         if self.stages is not None:
             self._check_stages()
             return  # sampling weights and the rest are checked per stage (see hfmtl/config/stages.py)

@@ -71,6 +71,7 @@ def plan_stages(config: RunConfig) -> list[Stage]:
     for index, (name, stage) in enumerate(config.stages.items()):
         data = copy.deepcopy(base)
         data["tasks"] = {task_name: data["tasks"][task_name] for task_name in stage.tasks}
+        _drop_lone_input_groups(data["tasks"])
         data["train"].update(copy.deepcopy(stage.train))
         data["train"]["output_dir"] = str(root / name)
         data["train"]["overwrite_output_dir"] = True  # the run's output_dir was checked as a whole
@@ -152,3 +153,14 @@ def _plan_resume(stages: list[Stage], resume: str | None) -> None:
 def write_stages_summary(config: RunConfig, stages: list[Stage]) -> dict[str, Any]:
     """``<output_dir>/metrics.json`` of a staged run: every finished stage's record, by stage name."""
     return run_record.write_stages_summary(config.train.output_dir, {s.name: s.output_dir for s in stages})
+
+
+def _drop_lone_input_groups(tasks: dict[str, dict[str, Any]]) -> None:
+    """A stage that trains one task of an input group trains it alone (hfmtl/config/input_groups.py)."""
+    members: dict[str, list[str]] = {}
+    for name, task in tasks.items():
+        if task.get("input_group") is not None:
+            members.setdefault(task["input_group"], []).append(name)
+    for names in members.values():
+        if len(names) == 1:
+            tasks[names[0]]["input_group"] = None

@@ -31,6 +31,7 @@ from .backbone import check_model_path, check_same_architecture, encoder_kwargs,
 from .configuration import MultiTaskConfig
 from .encoder_stack import encoder_stack, is_encoder_decoder, resolve_encoder_only
 from .pooling import causal_position_ids, is_causal
+from .shared_input import group_losses
 from .weights import load_saved_weights
 
 
@@ -142,9 +143,9 @@ class MultiTaskModel(PreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
+        labels: torch.Tensor | dict[str, torch.Tensor] | None = None,
         choice_mask: torch.Tensor | None = None,
-        task_batches: dict[str, dict[str, torch.Tensor]] | None = None,
+        task_batches: dict[str, dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> MultiTaskOutput:
         """Encode the batch and apply `task`'s head (or each task's, with `task_batches`).
@@ -154,7 +155,8 @@ class MultiTaskModel(PreTrainedModel):
             input_ids, attention_mask, token_type_ids: encoder inputs, (batch, length); a third
                 dimension, (batch, choices, length), means multiple choice: choices are encoded
                 separately and their scores returned as (batch, choices).
-            labels: targets in the task type's format; when given, `loss` is computed.
+            labels: targets in the task type's format; when given, `loss` is computed. Or task_name -> targets,
+                without `task`: an input group's batch, one encoder pass for every head named (shared_input.py).
             choice_mask: (batch, choices) bool, False for padded choices (their score becomes -inf).
             task_batches: task_name -> that task's batch (with labels), instead of `task` and the
                 tensors: one call returns every task's loss in `task_losses`. One call, so that DDP
@@ -162,8 +164,13 @@ class MultiTaskModel(PreTrainedModel):
             **kwargs: passed to the encoder.
         """
         if task_batches is not None:
-            losses = {name: self(task=name, **batch).loss for name, batch in task_batches.items()}
+            losses = {}
+            for name, batch in task_batches.items():  # an input group's batch is under the group's name
+                out = self(**batch) if isinstance(batch.get("labels"), dict) else self(task=name, **batch)
+                losses.update(out.task_losses or {name: out.loss})
             return MultiTaskOutput(task_losses=losses)
+        if isinstance(labels, dict):
+            return MultiTaskOutput(task_losses=group_losses(self, input_ids, attention_mask, token_type_ids, labels))
         if task not in self.heads:
             raise KeyError(f"unknown task {task!r}; this model has heads for {sorted(self.heads)}")
         if self.config.peft and self.config.peft["mode"] == "per_task":

@@ -12,7 +12,7 @@ A task type (one file under ``hfmtl/tasks/``, or any importable module) subclass
 - what generic code asks of the type, from the saved head spec alone (classmethods, so no data is
   needed): `predictor_class` (predictions from raw inputs), `pipeline_tag` / `describe_predictions` /
   `usage_snippet` (the model card), `standard_head` (export to a standard transformers model),
-  `feature_unit` (transferability estimates), `check_mixed_batch` (`MultiTaskModel.forward_mixed`).
+  `feature_unit` (transferability estimates), `check_mixed_batch` / `check_input_group` (sharing a pass).
   A type that cannot do one of these raises `Unsupported` with the reason; the defaults here do.
 """
 
@@ -72,6 +72,7 @@ class TaskConfig:
         },
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N examples only."})
+    input_group: str | None = field(default=None, metadata={"help": "Share one encoder pass with this group's tasks."})
     batch_size: int | None = field(
         default=None,
         metadata={"help": "Per-device train batch size; defaults to train.per_device_train_batch_size."},
@@ -331,6 +332,12 @@ class Task(abc.ABC):
             Unsupported: its targets give no label per example, per token or per choice.
         """
         raise Unsupported("it has no label per example, per token or per choice")
+
+    @classmethod
+    def check_input_group(cls) -> None:
+        """Whether this type's tasks may share an encoder pass in an input group (hfmtl/config/input_groups.py);
+        if not, raises `Unsupported` with a reason that reads after the task's name ("is multiple choice (...)")."""
+        return None
 
     @classmethod
     def check_mixed_batch(cls, spec: dict[str, Any]) -> None:

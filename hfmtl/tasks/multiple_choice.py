@@ -155,6 +155,10 @@ class MultipleChoiceTask(Task):
         raise Unsupported("is multiple choice (its inputs have a choices dimension)")
 
     @classmethod
+    def check_input_group(cls) -> None:
+        raise Unsupported("is multiple choice (each row is encoded once per choice)")
+
+    @classmethod
     def usage_snippet(cls, task_name: str, spec: dict[str, Any], section: dict[str, Any]) -> UsageSnippet:
         task = repr(task_name)
         return UsageSnippet(

@@ -240,6 +240,10 @@ class QuestionAnsweringTask(Task):
         raise Unsupported("question answering's targets are answer spans, not a label per example, token or choice")
 
     @classmethod
+    def check_input_group(cls) -> None:
+        raise Unsupported("is question answering (a row becomes one feature per window of its context)")
+
+    @classmethod
     def usage_snippet(cls, task_name: str, spec: dict[str, Any], section: dict[str, Any]) -> UsageSnippet:
         task = repr(task_name)
         return UsageSnippet(

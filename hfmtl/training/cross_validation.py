@@ -105,12 +105,16 @@ def fold_config(config: RunConfig, fold: int, output_dir: str | Path) -> RunConf
     would make the reported score optimistic.
     """
     data = config.to_dict()
+    # the tasks of an input group read one task's files: the same rows (same count, same seed: same folds)
+    readers: dict[str, str] = {}
     for task_name, task in data["tasks"].items():
         task.update(
             dataset=None,
             subset=None,
             revision=None,
-            data_files=fold_data_files(output_dir, fold, task_name),
+            data_files=fold_data_files(
+                output_dir, fold, readers.setdefault(task["input_group"] or task_name, task_name)
+            ),
             train_split=TRAIN,
             eval_split=EVAL,
             max_train_samples=None,

@@ -21,13 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..config import TrainConfig
 from ..errors import BadRowError, ConfigError, DataError, HfmtlError
 from ..model.backbone import check_model_path
 from ..model.pad_token import ensure_pad_token
 from ..tasks import Task
 from .bad_rows import describe_unreadable, first_failing_row, locate_row, reader_logs_silenced
-from .streaming import build_stream_loader, is_stream, stream_head, tokenize_stream
+from .streaming import is_stream, stream_head, tokenize_stream
 
 # file suffix -> (datasets builder, extra builder kwargs)
 _BUILDERS = {
@@ -290,7 +289,8 @@ def build_train_loader(
     group_by_length: bool,
     num_workers: int = 0,
 ) -> DataLoader:
-    """A task's training loader over its `EpochSampler` (to be passed through `accelerator.prepare`)."""
+    """A task's training loader over its `EpochSampler` (to be passed through `accelerator.prepare`); `task`
+    may be anything with the task's `collate` (an input group's: hfmtl/training/input_groups.py)."""
     lengths = feature_lengths(dataset) if group_by_length else None
     sampler = EpochSampler(len(dataset), seed, lengths, batch_size if group_by_length else None)
     return DataLoader(
@@ -316,33 +316,3 @@ def build_eval_loader(
         collate_fn=functools.partial(task.collate, tokenizer=tokenizer),
         num_workers=num_workers,
     )
-
-
-def build_loaders(
-    tasks: dict[str, Task], data: dict[str, TaskData], tokenizer, batch_sizes: dict[str, int], args: TrainConfig
-) -> tuple[dict[str, DataLoader], dict[str, DataLoader]]:
-    """Every task's training loader (the i-th task's seeded with ``train.seed + i``: tasks are shuffled
-    independently; a streaming task's reads this process's part of its stream) and, for each task with
-    eval features, its evaluation loader."""
-    train = {
-        name: build_stream_loader(tasks[name], data[name].train, tokenizer, batch_sizes[name], args)
-        if is_stream(data[name].train)
-        else build_train_loader(
-            tasks[name],
-            data[name].train,
-            tokenizer,
-            batch_sizes[name],
-            seed=args.seed + i,
-            group_by_length=args.train_sampling_strategy == "group_by_length",
-            num_workers=args.dataloader_num_workers,
-        )
-        for i, name in enumerate(tasks)
-    }
-    evaluation = {
-        name: build_eval_loader(
-            tasks[name], d.eval_features, tokenizer, args.per_device_eval_batch_size, args.dataloader_num_workers
-        )
-        for name, d in data.items()
-        if d.eval_features is not None
-    }
-    return train, evaluation

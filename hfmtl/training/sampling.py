@@ -10,7 +10,8 @@ Strategies (``sampling.strategy``), with n_t the number of training examples of 
 - ``weights``: p_t ∝ the given per-task weight;
 - ``round_robin``: tasks in turn, in config order (deterministic).
 
-``max_examples`` caps n_t for ``proportional`` too. Every process builds the sampler with the same seed
+The sampler draws by name: a task, or an input group of tasks that share their rows, whose size is
+its rows counted once (hfmtl/training/input_groups.py). ``max_examples`` caps n_t for ``proportional`` too. Every process builds the sampler with the same seed
 and so draws the same task at the same step with no communication; the sampler's state (its RNG and
 step) is saved in checkpoints, so a resumed run draws the same sequence.
 

@@ -18,6 +18,12 @@ forward for one backward. Then, by the method's family (hfmtl/balancing/):
   usual), and the combined gradient replaces the shared parameters' ``.grad`` before clipping and the
   optimizer step. Cost: T + 1 backward passes per micro-step and T x P floats of memory.
 
+An input group (hfmtl/training/input_groups.py) is one unit of a step: its batch carries the rows once
+and every task's labels, and one forward gives each of its tasks a loss from one encoder pass. In a
+one-task step the balancer weighs those losses (as it weighs an all-tasks step's); in an all-tasks step
+they join the other units' losses, and a gradient method takes each task's gradient through the shared
+pass like any other.
+
 Strategies compute and never own the loop: here, in `StepRunner`, are the backward passes, the
 all-reduces and the writes into ``.grad``. Their state is checkpointed with the run (exact resume).
 
@@ -39,7 +45,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import torch
@@ -92,6 +98,9 @@ class StepRunner:
         batches: each task's next batch (`TaskBatches`).
         record_losses: called with each micro-batch's ``{task_name: loss}`` (`LossLog.record`).
         unfreezer: the gradual unfreezing schedule, if any.
+        groups: unit name -> its tasks (`TrainingUnits.members`, input_groups.py): a step names units, and an
+            input group's batch gives every task of the group its loss from one encoder pass. None: each
+            task is its own unit.
 
     Attributes:
         balancer: the strategy (None: unweighted); ``balancer_params``: its learned parameters;
@@ -113,12 +122,14 @@ class StepRunner:
         batches: BatchSource,
         record_losses: Callable[[dict[str, torch.Tensor]], None],
         unfreezer: GradualUnfreezer | None = None,
+        groups: Mapping[str, list[str]] | None = None,
     ):
         self.model, self.optimizer, self.scheduler, self.accelerator = model, optimizer, scheduler, accelerator
         self.accumulation, self.max_grad_norm = args.gradient_accumulation_steps, args.max_grad_norm
         self.all_tasks = balancing.step == "all_tasks"
         self.batches, self.record_losses, self.unfreezer = batches, record_losses, unfreezer
         self.balancer = balancer
+        self.groups = {unit: names for unit, names in (groups or {}).items() if names != [unit]}
         self.balancer_params: list[torch.nn.Parameter] = list(balancer.parameters()) if balancer is not None else []
         encoder = accelerator.unwrap_model(model, keep_torch_compile=False).encoder
         self.shared_params = [p for p in encoder.parameters() if p.requires_grad]
@@ -136,14 +147,15 @@ class StepRunner:
         """Optimizer steps skipped for a non-finite loss (``train.nonfinite: skip``)."""
         return self.guard.skipped_steps
 
-    def step(self, task_names: list[str], step_index: int) -> None:
-        """One optimizer step on `task_names` (one sampled task; with ``balancing.step: all_tasks``, the
-        tasks of the step). `step_index`: the steps taken before it (the schedules of gradual unfreezing
-        and AdaLoRA count from 0).
+    def step(self, units: list[str], step_index: int) -> None:
+        """One optimizer step on `units` (one sampled task or input group; with ``balancing.step:
+        all_tasks``, those of the step). `step_index`: the steps taken before it (the schedules of gradual
+        unfreezing and AdaLoRA count from 0).
 
         Raises:
             TrainingError: a loss of the step is NaN or infinite (with ``train.nonfinite: error``).
         """
+        task_names = [name for unit in units for name in self.groups.get(unit, [unit])]
         self.guard.start(task_names)
         self._pending_losses, self._skipped = [], False
         if self.guard.skips and self.balancer is not None:
@@ -151,34 +163,39 @@ class StepRunner:
             # puts it back. A copy per step, of a few small tensors, only with `skip` and a balancer.
             self._before_step = (copy.deepcopy(self.balancer.state_dict()), dict(self.last_weights))
         if self.all_tasks:
-            self._all_tasks_step(task_names, step_index)
+            self._all_tasks_step(units, task_names, step_index)
         else:
-            (task_name,) = task_names
-            self._one_task_step(task_name, step_index)
+            (unit,) = units
+            self._one_task_step(unit, step_index)
         if not self._skipped:
             for losses in self._pending_losses:
                 self.record_losses(losses)
 
-    def _one_task_step(self, task_name: str, step_index: int) -> None:
-        """`gradient_accumulation_steps` micro-batches of one task, then the optimizer step."""
+    def _one_task_step(self, unit: str, step_index: int) -> None:
+        """`gradient_accumulation_steps` micro-batches of one task (or one input group: every task of it on
+        one encoder pass, their losses weighed by the balancer), then the optimizer step."""
         acc = self.accelerator
         for _ in range(self.accumulation):
-            batch = self.batches.next(task_name)
+            batch = self.batches.next(unit)
             with acc.accumulate(self.model):
-                loss = self.model(task=task_name, **batch).loss
-                self.guard.observe({task_name: loss})
-                acc.backward(self._weighted_total({task_name: loss}))
+                if unit in self.groups:
+                    losses = self.model(**batch).task_losses
+                else:
+                    losses = {unit: self.model(task=unit, **batch).loss}
+                self.guard.observe(losses)
+                acc.backward(self._weighted_total(losses))
                 applied = self._step_is_finite(step_index)
                 self._finish_micro_step(step_index, applied)
-            self._pending_losses.append({task_name: loss.detach()})
+            self._pending_losses.append({name: loss.detach() for name, loss in losses.items()})
 
-    def _all_tasks_step(self, task_names: list[str], step_index: int) -> None:
-        """One batch of every task in `task_names` per micro-step, weighed or combined by the balancer."""
+    def _all_tasks_step(self, units: list[str], task_names: list[str], step_index: int) -> None:
+        """One batch of every unit in `units` per micro-step (an input group's gives each of its tasks a loss
+        from one encoder pass), the losses of `task_names` weighed or combined by the balancer."""
         acc, balancer = self.accelerator, self.balancer
         combiner = isinstance(balancer, GradientCombiner)
         task_grads = None
         for _ in range(self.accumulation):
-            batches = {name: self.batches.next(name) for name in task_names}
+            batches = {unit: self.batches.next(unit) for unit in units}
             with acc.accumulate(self.model):
                 losses = self.model(task_batches=batches).task_losses
                 self.guard.observe(losses)

@@ -33,16 +33,16 @@ from .batches import TaskBatches
 from .best_model import save_best
 from .callbacks import CallbackList, TrainerCallback
 from .checkpointing import TrainingState, save_checkpoint
-from .data import TaskData, build_loaders
+from .data import TaskData
 from .evaluation import evaluate_tasks, metric_directions
 from .finishing import finish, finish_side_jobs
+from .input_groups import TrainingUnits
 from .loss_log import LossLog
 from .optimization import build_optimizer, build_scheduler, freeze_for_training
 from .resume import ResumePoint, resume_run
 from .resume_contract import trained_with
-from .sampling import TaskSampler, steps_per_epoch
 from .steps import StepRunner, build_balancer
-from .streaming import prepare_with_streams, train_sizes
+from .streaming import prepare_with_streams
 
 logger = logging.getLogger("hfmtl")
 
@@ -79,14 +79,12 @@ class MultiTaskTrainer:
         args, names = self.args, list(tasks)
 
         self.batch_sizes = {n: t.config.batch_size or args.per_device_train_batch_size for n, t in tasks.items()}
-        sizes = train_sizes(tasks, {n: d.train for n, d in data.items()})  # None: a stream's, undeclared
-        s = config.sampling
-        self.sampler = TaskSampler(sizes, s.strategy, s.temperature, s.max_examples, s.weights, seed=args.seed)
-        self.steps_per_epoch = steps_per_epoch(
-            sizes, self.batch_sizes, accelerator.num_processes, args.gradient_accumulation_steps
-        )
+        # what the sampler draws: input groups (one encoder pass for their tasks) and the other tasks
+        units = self.units = TrainingUnits(tasks, data, config, self.batch_sizes)
+        self.sampler = units.sampler(config.sampling, args.seed)
+        self.steps_per_epoch = units.steps_per_epoch(accelerator.num_processes, args.gradient_accumulation_steps)
         self.total_steps = args.max_steps or math.ceil(args.num_train_epochs * self.steps_per_epoch)
-        train_loaders, eval_loaders = build_loaders(tasks, data, tokenizer, self.batch_sizes, args)
+        train_loaders, eval_loaders = units.build_loaders(tokenizer, args)
         samplers = {name: loader.sampler for name, loader in train_loaders.items()}
         # a metric of unknown direction is an error now, not at the first evaluation
         self.greater_is_better = {name: tasks[name].greater_is_better for name in eval_loaders}
@@ -115,6 +113,7 @@ class MultiTaskTrainer:
             balancer=balancer,
             batches=self.batches,
             record_losses=self.losses.record,
+            groups=units.members,
             unfreezer=self.unfreezer,
         )
         self.state = TrainingState(self.sampler, self.batches)
@@ -161,10 +160,10 @@ class MultiTaskTrainer:
         start_time, last_eval_step = time.time(), resume_point.evaluated_step
         self.model.train()
         while state.global_step < self.total_steps:
-            task_names = self._draw_tasks()
-            step = state.global_step + 1
+            units = self._draw_units()
+            step, task_names = state.global_step + 1, self.units.tasks_of(units)
             self.callbacks.on_step_begin(self, step, task_names)
-            self.runner.step(task_names, step_index=state.global_step)
+            self.runner.step(units, step_index=state.global_step)
             state.global_step = step
             progress.update(1)
             self.callbacks.on_step_end(self, step, task_names)
@@ -191,8 +190,8 @@ class MultiTaskTrainer:
         finish(self, runtime_seconds=time.time() - start_time)
         return self.record.history
 
-    def _draw_tasks(self) -> list[str]:
-        """The next step's tasks: the one the sampler draws, or those of an all-tasks step."""
+    def _draw_units(self) -> list[str]:
+        """The next step's units (tasks or input groups): the one the sampler draws, or an all-tasks step's."""
         balancing = self.config.balancing
         if balancing.step == "all_tasks":
             return self.sampler.tasks_of_step(self.state.global_step, balancing.tasks_per_step)
