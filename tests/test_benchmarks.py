@@ -248,3 +248,57 @@ def test_shared_input_smoke_run_measures_both_sides_of_every_task_set(tmp_path):
         assert f"{name:<15}grouped" in proc.stdout
     log = (tmp_path / "ner_pos" / "grouped" / "train.log").read_text()
     assert "input group shared: tasks ['ner', 'pos'] train on one encoder pass per batch" in log
+
+
+INFERENCE = REPO_ROOT / "benchmarks" / "inference.py"
+
+
+def test_inference_smoke_measures_every_arm_and_prints_the_ratios(tmp_path):
+    """benchmarks/inference.py --smoke: a short training of the GLUE config on a tiny random encoder, then
+    every arm of every part on a few real validation rows, and the server with and without batching."""
+    output = tmp_path / "inference.json"
+    proc = _run_script(INFERENCE, ["--smoke", "--output-dir", str(tmp_path), "--output-json", str(output)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert results["date"] and results["machine"]["cpu_cores"] >= 1 and results["machine"]["torch_threads"] >= 1
+    for package in ("torch", "transformers", "hfmtl"):
+        assert results["versions"][package]
+    assert "does not depend on how long the heads trained" in results["model_note"]
+
+    glue = ["cola", "mrpc", "rte", "sst2", "stsb"]
+    arms = results["arms"]
+    example = arms["example_input"]  # one input carries the fields of all five tasks
+    assert set(example) == {"sentence", "sentence1", "sentence2"} and all(example.values())
+    rows = {row["arm"]: row for row in arms["rows"]}
+    expected = {"all", "pairs3", "singles2", "five calls", "five pipelines"}
+    expected |= {f"one:{t}" for t in glue} | {f"pipeline:{t}" for t in glue}
+    assert set(rows) == expected
+    for name, row in rows.items():
+        assert _positive(row["examples_per_second"]), name
+        assert len(row["seconds"]) == results["settings"]["repeats"], name
+    # what the shared pass encodes: a sentence and a pair per input for all five tasks, one row for the
+    # pair tasks together, one row for each task alone (every task's encoder rows counted, no more)
+    assert rows["all"]["encoder_rows_per_example"] == 2
+    assert rows["pairs3"]["encoder_rows_per_example"] == rows["singles2"]["encoder_rows_per_example"] == 1
+    for task in glue:
+        assert rows[f"one:{task}"]["encoder_rows_per_example"] == 1
+        assert rows[f"pipeline:{task}"]["encoder_rows_per_example"] == 1
+        assert 0 < rows[f"one:{task}"]["padding_efficiency"] <= 1
+    ratios = arms["ratios"]
+    assert set(ratios["predictor_vs_pipeline"]) == set(glue)
+    cost = ratios["cost_vs_one_task"]
+    assert {"mrpc+rte+stsb / mrpc", "sst2+cola / sst2", "all 5 tasks / (sst2 + mrpc)"} <= set(cost)
+    for group in ratios.values():
+        assert all(_positive(value) for value in group.values()), group
+    for task, path in arms["exported"].items():  # exported by hfmtl, loaded by transformers.pipeline
+        assert json.loads((tmp_path / "exported" / task / "config.json").read_text())["architectures"], path
+
+    serve = results["serve"]
+    for arm in ("batched", "unbatched"):
+        assert serve[arm]["errors"] == 0 and serve[arm]["requests"] == results["settings"]["requests"]
+        assert _positive(serve[arm]["requests_per_s"]) and serve[arm]["p50_ms"] <= serve[arm]["p99_ms"]
+    assert serve["batched"]["batching"]["enabled"] and not serve["unbatched"]["batching"]["enabled"]
+
+    for text in ("one call for all tasks, speed-up vs five single-task calls", "mrpc+rte+stsb / mrpc",
+                 "Predictor / pipeline", "dynamic batching:", "torch threads", "transformers"):  # fmt: skip
+        assert text in proc.stdout, text
