@@ -95,9 +95,8 @@ def measure_arms(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     _progress(f"exporting {len(tasks)} tasks as standard transformers models")
     exported = export_tasks(model_dir, tasks, args.output_dir / "exported")
     # the pipelines truncate where the Predictor does: the run's model.max_length
-    max_length = ((predictor.run_config or {}).get("model") or {}).get(
-        "max_length"
-    ) or predictor.tokenizer.model_max_length
+    run_model = (predictor.run_config or {}).get("model") or {}
+    max_length = run_model.get("max_length") or predictor.tokenizer.model_max_length
     arms.update(pipeline_arms(exported, fields, args.batch_size, max_length))
     _progress(f"timing {len(arms)} arms on {len(inputs)} inputs, {args.repeats} rounds")
     timed = time_arms(arms, inputs, repeats=args.repeats, warmup=args.warmup)
