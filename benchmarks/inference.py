@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -162,6 +163,10 @@ def print_report(results: dict[str, Any]) -> None:
     print(f"\nmachine: {m['cpu']}, {m['cpu_cores']} CPU cores, {m['torch_threads']} torch threads, CPU only")
     print(f"versions: torch {v['torch']}, transformers {v['transformers']}, hfmtl {v['hfmtl']} ({v['git_commit']})")
     print(f"model: {results['model']} ({results['model_note']})")
+    print(
+        f"1-minute load average: {results['load_average_at_start']:.2f} at the start, "
+        f"{results['load_average_at_end']:.2f} at the end (on an idle machine, about 0 before the run)"
+    )
     arms = results.get("arms")
     if arms:
         print(f"\n{arms['inputs']} inputs, batch size {s['batch_size']}, {s['repeats']} rounds after a warm-up "
@@ -245,12 +250,15 @@ def main(argv: list[str] | None = None) -> int:
         "targets": TARGETS,
         "model": str(model_dir),
         "model_note": note,
+        # other processes on the cores slow small forward passes most: the reader sees if there were any
+        "load_average_at_start": os.getloadavg()[0],
     }
     if {"tasks", "pipeline"} & set(args.parts):
         results["arms"] = measure_arms(args, model_dir)
     if "serve" in args.parts:
         results["serve"] = measure_serving(args, model_dir)
     results["wall_seconds"] = round(time.time() - started, 1)
+    results["load_average_at_end"] = os.getloadavg()[0]
     print_report(results)
     args.output_json.parent.mkdir(parents=True, exist_ok=True)
     args.output_json.write_text(json.dumps(results, indent=2))

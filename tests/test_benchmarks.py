@@ -264,6 +264,7 @@ def test_inference_smoke_measures_every_arm_and_prints_the_ratios(tmp_path):
     for package in ("torch", "transformers", "hfmtl"):
         assert results["versions"][package]
     assert "does not depend on how long the heads trained" in results["model_note"]
+    assert results["load_average_at_start"] >= 0 and results["load_average_at_end"] >= 0
 
     glue = ["cola", "mrpc", "rte", "sst2", "stsb"]
     arms = results["arms"]
@@ -300,5 +301,5 @@ def test_inference_smoke_measures_every_arm_and_prints_the_ratios(tmp_path):
     assert serve["batched"]["batching"]["enabled"] and not serve["unbatched"]["batching"]["enabled"]
 
     for text in ("one call for all tasks, speed-up vs five single-task calls", "mrpc+rte+stsb / mrpc",
-                 "Predictor / pipeline", "dynamic batching:", "torch threads", "transformers"):  # fmt: skip
+                 "Predictor / pipeline", "dynamic batching:", "torch threads", "transformers", "load average"):  # fmt: skip
         assert text in proc.stdout, text
