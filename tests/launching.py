@@ -1,6 +1,7 @@
 """Test-only: `accelerate launch` of 2 (or more) processes for the launch tests, in one place.
 
     accelerate_launch(["recipes/train.py", "--cpu", "--config", "run.yaml"], multi_gpu=True)
+    subprocess.Popen(accelerate_command([...], multi_gpu=True), env=launch_environment(), ...)
     accelerate_launch([SHIM, "--config", "run.yaml"], config_file=DEEPSPEED_ZERO2, crash_at=3)
 
 Run as a script, this file is recipes/train.py with one test addition: ``HFMTL_TEST_CRASH_AT_STEP=N``
@@ -36,30 +37,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def accelerate_launch(
+def accelerate_command(
     script_args: Sequence[str | Path],
     *,
     config_file: str | Path | None = None,
     multi_gpu: bool = False,
     processes: int | None = 2,
-    crash_at: int | None = None,
-    env: Mapping[str, str] | None = None,
-    timeout: float = 600,
-) -> subprocess.CompletedProcess:
-    """`accelerate launch` of `script_args` (the script, then its arguments) from the repository root.
+    launcher_args: Sequence[str] = (),
+    port: int | None = None,
+    mixed_precision: str = "no",
+    dynamo_backend: str = "no",
+) -> list[str]:
+    """The `accelerate launch` command line of `script_args` (the script, then its arguments).
 
     Args:
         script_args: the launched script and its arguments.
         config_file: an Accelerate config (e.g. one of configs/accelerate/); None uses the flags only.
-        multi_gpu: pass ``--multi_gpu`` (DDP; on CPU processes with the recipe's ``--cpu``).
-        processes: ``--num_processes``; None leaves it to `config_file`.
-        crash_at: every process dies as this step begins (``HFMTL_TEST_CRASH_AT_STEP``, read when the
-            script is this file or an engine shim).
-        env: more environment variables for the processes.
-        timeout: seconds before the launch is killed; its output so far is still returned.
-
-    Returns:
-        The finished process, ``stdout`` and ``stderr`` captured as text.
+        multi_gpu: pass ``--multi_gpu --num_machines 1`` (DDP; on CPU processes with the recipe's ``--cpu``).
+        processes: ``--num_processes``; None leaves it to `config_file` or `launcher_args`.
+        launcher_args: more of the launcher's own flags (``--use_fsdp``, ``--machine_rank 1``, ...).
+        port: ``--main_process_port``; None takes a free one (launches sharing one rendezvous pass theirs).
+        mixed_precision: ``--mixed_precision``; the launcher's own default would ask its config file.
+        dynamo_backend: ``--dynamo_backend``, as `mixed_precision`.
     """
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     cmd = [accelerate, "launch"]
@@ -69,20 +68,52 @@ def accelerate_launch(
         cmd += ["--multi_gpu", "--num_machines", "1"]
     if processes is not None:
         cmd += ["--num_processes", str(processes)]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
-    cmd += [str(arg) for arg in script_args]
+    cmd += [*launcher_args, "--mixed_precision", mixed_precision, "--dynamo_backend", dynamo_backend]
+    cmd += ["--main_process_port", str(free_port() if port is None else port)]
+    return cmd + [str(arg) for arg in script_args]
+
+
+def launch_environment(*, crash_at: int | None = None, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a launch: one thread per process (2 processes share few cores),
+    `env` on top, and ``HFMTL_TEST_CRASH_AT_STEP`` set to `crash_at` (or removed)."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if crash_at is not None:
         environment[CRASH_VARIABLE] = str(crash_at)
     else:
         environment.pop(CRASH_VARIABLE, None)
+    return environment
+
+
+def accelerate_launch(
+    script_args: Sequence[str | Path],
+    *,
+    crash_at: int | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600,
+    **command,
+) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `script_args` from the repository root, run to its end.
+
+    Args:
+        script_args: the launched script and its arguments.
+        crash_at: every process dies as this step begins (``HFMTL_TEST_CRASH_AT_STEP``, read when the
+            script is this file or an engine shim).
+        env: more environment variables for the processes.
+        timeout: seconds before the launch is killed; its output until then is still returned.
+        **command: `accelerate_command`'s options (config_file, multi_gpu, processes, ...).
+
+    Returns:
+        The finished process, ``stdout`` and ``stderr`` captured as text.
+    """
+    cmd = accelerate_command(script_args, **command)
+    environment = launch_environment(crash_at=crash_at, env=env)
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environment, cwd=REPO_ROOT)
     except subprocess.TimeoutExpired as expired:  # what it wrote until then says where it hung
-        stdout, stderr = (
+        out, err = (
             part.decode() if isinstance(part, bytes) else part or "" for part in (expired.stdout, expired.stderr)
         )
-        return subprocess.CompletedProcess(cmd, -9, stdout, stderr + f"\n(killed after {timeout} s)")
+        return subprocess.CompletedProcess(cmd, -9, out, err + f"\n(killed after {timeout} s)")
 
 
 def output_of(done: subprocess.CompletedProcess) -> str:
