@@ -12,22 +12,19 @@ Users never run this file: on GPUs, Accelerate picks NCCL itself (docs/scaling.m
     accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml tests/deepspeed_shim.py \
         --config run.yaml [section.key=value ...]
 
-``HFMTL_TEST_CRASH_AT_STEP=N`` in the environment adds conftest's `CrashAt(N)` to the run's callbacks, as
-`conftest.run_recipe` passes it in-process: the run dies as step N begins, for a resume to continue.
+``HFMTL_TEST_CRASH_AT_STEP=N`` kills the run as step N begins (tests/launching.py, which runs the recipe).
 """
 
 from __future__ import annotations
 
 import os
-import runpy
 import sys
-from pathlib import Path
 
 import torch
 from accelerate.state import PartialState
 from accelerate.utils import DistributedType
+from launching import run_recipe_main  # tests/ is this script's folder, first on sys.path
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "train.py"
 _prepare_backend = PartialState._prepare_backend
 
 
@@ -39,17 +36,6 @@ def _prepare_backend_on_cpu(self, cpu=False, sagemaker_dp=False, backend=None):
     return _prepare_backend(self, cpu, sagemaker_dp, backend)
 
 
-def main() -> int:
-    from conftest import CrashAt  # tests/ is this script's folder, first on sys.path
-
-    from hfmtl.errors import exit_status_of
-
-    PartialState._prepare_backend = _prepare_backend_on_cpu
-    recipe = runpy.run_path(str(RECIPE), run_name="recipe_train")
-    crash = os.environ.get("HFMTL_TEST_CRASH_AT_STEP")
-    callbacks = [CrashAt(int(crash))] if crash else []
-    return exit_status_of(lambda: recipe["run"](recipe["parse_args"](sys.argv[1:]), callbacks) and 0)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    PartialState._prepare_backend = _prepare_backend_on_cpu
+    sys.exit(run_recipe_main(sys.argv[1:]))

@@ -14,6 +14,8 @@ unchanged (no ``--cpu``):
 - after `AcceleratorState` is built, the FSDP distributed type and the plugin the Accelerator built
   from the launcher's settings: the two assignments Accelerate makes itself for GPU processes.
 
+``HFMTL_TEST_CRASH_AT_STEP=N`` kills the run as step N begins (tests/launching.py, which runs the recipe).
+
 Everything else -- the FSDP plugin from fsdp.yaml, `Accelerator.prepare` (``fully_shard``), sharded
 checkpoints, state-dict gathering, hfmtl's engine checks and weight loading -- is the real code path.
 """
@@ -21,14 +23,12 @@ checkpoints, state-dict gathering, hfmtl's engine checks and weight loading -- i
 from __future__ import annotations
 
 import os
-import runpy
 import sys
-from pathlib import Path
 
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
+from launching import run_recipe_main  # tests/ is this script's folder, first on sys.path
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "train.py"
 _build_state = AcceleratorState.__init__
 
 
@@ -43,5 +43,4 @@ def _state_with_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs) -> None:
 if __name__ == "__main__":
     os.environ["ACCELERATE_USE_CPU"] = "true"
     AcceleratorState.__init__ = _state_with_fsdp_on_cpu
-    sys.argv[0] = str(RECIPE)
-    runpy.run_path(str(RECIPE), run_name="__main__")
+    sys.exit(run_recipe_main(sys.argv[1:]))

@@ -23,9 +23,7 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +33,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TASK_CONFIGS, make_config, write_config
 from kill_driver import MOMENTS
+from launching import accelerate_command, launch_environment
 from safetensors.torch import load_file
 
 DRIVER = Path(__file__).with_name("kill_driver.py")
@@ -64,19 +63,11 @@ TRAIN = {
 def _command(config: Path, moment: str) -> list[str]:
     if PROCESSES == 1:
         return [sys.executable, str(DRIVER), moment, str(config)]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    return [
-        *(accelerate, "launch", "--multi_gpu", "--num_processes", str(PROCESSES), "--num_machines", "1"),
-        *("--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)),
-        *(str(DRIVER), moment, str(config)),
-    ]
+    return accelerate_command([DRIVER, moment, config], multi_gpu=True, processes=PROCESSES)
 
 
 def _start(config: Path, moment: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(DRIVER.parent)}
+    env = launch_environment(env={"PYTHONPATH": str(DRIVER.parent)})
     with open(log, "a") as stream:
         stream.write(f"\n=== {moment} ===\n")
         stream.flush()

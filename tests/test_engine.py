@@ -5,11 +5,6 @@ reloads with its trained weights."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +19,7 @@ from conftest import (
     run_recipe,
     write_config,
 )
+from launching import accelerate_launch
 from safetensors.torch import load_file
 
 from hfmtl import ConfigError, load_config
@@ -110,24 +106,9 @@ def test_a_compiled_run_saves_and_reloads_its_best_weights(tiny_encoder_dir, tmp
 def test_accelerate_launch_flags_reach_the_run(tiny_encoder_dir, tmp_path):
     """The issue as a user met it: `accelerate launch --mixed_precision bf16 --dynamo_backend ...`."""
     cfg = _config(tiny_encoder_dir, tmp_path, max_steps=2, eval_steps=None)
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    cmd = [
-        accelerate,
-        "launch",
-        "--num_processes",
-        "1",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "bf16",
-        "--dynamo_backend",
-        "aot_eager",
-        str(REPO_ROOT / "recipes" / "train.py"),
-        "--cpu",
-        "--config",
-        str(cfg),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT, env=dict(os.environ))
+    script = [REPO_ROOT / "recipes" / "train.py", "--cpu", "--config", cfg]
+    launch = {"processes": 1, "launcher_args": ["--num_machines", "1"]}
+    proc = accelerate_launch(script, **launch, mixed_precision="bf16", dynamo_backend="aot_eager")
     assert proc.returncode == 0, proc.stderr[-3000:]
     used = json.loads((tmp_path / "out" / "metrics.json").read_text())["train"]
     assert (used["mixed_precision"], used["torch_compile"]) == ("bf16", "aot_eager")

@@ -7,17 +7,14 @@ The launches are real (`accelerate launch`, gloo on the CPU): slow.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO_ROOT, TASK_CONFIGS, make_config, reset_accelerate_state, write_config
+from launching import accelerate_command, free_port, launch_environment
 
 from hfmtl.config import config_from_dict
 from hfmtl.errors import ConfigError
@@ -135,28 +132,10 @@ def test_what_an_engine_can_do_passes(engine, train, balancing, tiny_encoder_dir
 # --- real launches ------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _accelerate() -> str:
-    return shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-
-
-def _launch(launcher_args: list[str], config: Path, *recipe_args: str) -> subprocess.Popen:
-    cmd = [
-        _accelerate(),
-        "launch",
-        *launcher_args,
-        *("--mixed_precision", "no", "--dynamo_backend", "no"),
-        str(REPO_ROOT / "recipes" / "train.py"),
-        *recipe_args,
-        "--config",
-        str(config),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _launch(launcher_args: list[str], config: Path, *recipe_args: str, port: int | None = None) -> subprocess.Popen:
+    script = [REPO_ROOT / "recipes" / "train.py", *recipe_args, "--config", config]
+    cmd = accelerate_command(script, processes=None, launcher_args=launcher_args, port=port)
+    env = launch_environment()
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT)
 
 
@@ -185,12 +164,7 @@ def _process_lines(output: str) -> list[str]:
 @pytest.mark.slow
 def test_the_ddp_config_trains_two_cpu_processes(tiny_encoder_dir, tmp_path):
     config, out = _write(tmp_path, tiny_encoder_dir)
-    launcher = [
-        "--config_file",
-        str(REPO_ROOT / "configs/accelerate/ddp.yaml"),
-        "--main_process_port",
-        str(_free_port()),
-    ]
+    launcher = ["--config_file", str(REPO_ROOT / "configs/accelerate/ddp.yaml")]
     code, output = _finish(_launch(launcher, config, "--cpu"))
     assert code == 0, output[-3000:]
     assert [line[0] for line in _process_lines(output)] == ["0 of 2", "1 of 2"], output[-3000:]
@@ -217,7 +191,7 @@ def test_a_launch_that_cannot_apply_is_one_line_on_every_process(
     if "--cpu" not in recipe_args and _has_accelerator():
         pytest.skip("this launch is only wrong on a machine without GPUs")
     config, out = _write(tmp_path, tiny_encoder_dir)
-    code, output = _finish(_launch([*launcher, "--main_process_port", str(_free_port())], config, *recipe_args))
+    code, output = _finish(_launch(launcher, config, *recipe_args))
     assert code != 0
     # one error from each process (their lines may interleave in the shared pipe: count, don't split)
     assert output.count("error: ") == 2 and output.count(expected) == 2, output[-3000:]
@@ -235,16 +209,17 @@ def _has_accelerator() -> bool:
 def test_two_machines_on_localhost_train_one_run(tiny_encoder_dir, tmp_path):
     """configs/accelerate/multi_node.yaml's launch, both "machines" on this one: each starts one process."""
     config, out = _write(tmp_path, tiny_encoder_dir)
-    port = str(_free_port())
+    port = free_port()
     nodes = [
         _launch(
             [
                 *("--config_file", str(REPO_ROOT / "configs/accelerate/multi_node.yaml")),
                 *("--num_processes", "2", "--machine_rank", str(rank)),
-                *("--main_process_ip", "127.0.0.1", "--main_process_port", port),
+                *("--main_process_ip", "127.0.0.1"),
             ],
             config,
             "--cpu",
+            port=port,
         )
         for rank in (0, 1)
     ]

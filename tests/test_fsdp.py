@@ -4,96 +4,53 @@ only on GPUs, so the launch runs tests/fsdp_shim.py, which forces Accelerate's s
 and then runs recipes/train.py unchanged (docs/scaling.md). The sharding, the sharded checkpoints and
 every hfmtl code path are the real ones.
 
-One training (3 tasks, ``load_best_model_at_end``) and one resume of it, from a checkpoint written
-before one of the heads had trained, are shared by the assertions below. The launches are real: slow.
+Issue 12's contract (tests/engine_contract.py) is checked on three shared launches: 3 tasks, one
+streamed, with ``load_best_model_at_end``; the same run killed after a checkpoint written before a head
+had trained, mid-stream; and its resume. The launches are real: slow.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TASK_CONFIGS, encode, make_config, write_config
-from safetensors.torch import load_file
+from conftest import TASK_CONFIGS, make_config
+from engine_contract import (
+    EVERY,
+    MAX_STEPS,
+    TASKS,
+    check_exact_resume,
+    check_whole_run,
+    launch_whole_crashed_resumed,
+    trained_tasks,
+)
+from launching import ACCELERATE_CONFIGS, accelerate_launch, output_of
 
 from hfmtl.config import config_from_dict
 from hfmtl.errors import ConfigError
-from hfmtl.run_record import RunRecord
 
-TASKS = ("rte", "stsb", "ner")
-METRIC = "eval/rte/accuracy"  # its best, on this data and seed, is neither the first nor the last evaluation
-MAX_STEPS, EVERY = 6, 2
-EARLY_CHECKPOINT = f"checkpoint-{EVERY}"  # two steps of three tasks: at least one head has not trained
+SHIM = Path(__file__).with_name("fsdp_shim.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_fsdp(config: Path, *overrides: str) -> tuple[int, str]:
+def _launch(config: Path, *overrides: str, crash_at: int | None = None):
     """`accelerate launch` of configs/accelerate/fsdp.yaml on 2 processes, through the test shim."""
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    cmd = [
-        accelerate,
-        "launch",
-        *("--config_file", str(REPO_ROOT / "configs" / "accelerate" / "fsdp.yaml")),
-        *("--num_processes", "2", "--main_process_port", str(_free_port())),
-        *("--mixed_precision", "no", "--dynamo_backend", "no"),
-        str(REPO_ROOT / "tests" / "fsdp_shim.py"),
-        *("--config", str(config), *overrides),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT)
-    try:
-        output, _ = process.communicate(timeout=400)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-    return process.returncode, output
+    script = [SHIM, "--config", config, *overrides]
+    return accelerate_launch(script, config_file=ACCELERATE_CONFIGS / "fsdp.yaml", crash_at=crash_at)
 
 
 def _run_config(encoder: str, out: Path, **train) -> dict:
-    settings = {
-        "max_steps": MAX_STEPS,
-        "eval_steps": EVERY,
-        "save_steps": EVERY,
-        "save_total_limit": MAX_STEPS // EVERY,  # every checkpoint is kept: the test reads the best one's
-        "logging_steps": EVERY,
-        "load_best_model_at_end": True,
-        "metric_for_best_model": METRIC,
-        **train,
-    }
-    tasks = {name: TASK_CONFIGS[name] for name in TASKS}
-    return make_config(encoder, out, tasks, samples=32, eval_samples=16, **settings)
+    """A plain 3-task run config, for the checks that need no launch."""
+    tasks = {name: TASK_CONFIGS[name] for name in ("rte", "stsb", "ner")}
+    settings = {"max_steps": MAX_STEPS, "load_best_model_at_end": True, "metric_for_best_model": "rte/accuracy"}
+    return make_config(encoder, out, tasks, samples=32, eval_samples=16, **settings, **train)
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_encoder_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("fsdp")
-    config = write_config(root / "run.yaml", _run_config(tiny_encoder_dir, root / "out"))
-    code, output = launch_fsdp(config)
-    assert code == 0, output[-4000:]
-    return SimpleNamespace(config=config, out=root / "out", output=output, root=root)
-
-
-@pytest.fixture(scope="module")
-def resumed(trained):
-    """The same run, resumed in another output_dir from its early checkpoint (copied there)."""
-    out = trained.root / "resumed"
-    shutil.copytree(trained.out / "checkpoints" / EARLY_CHECKPOINT, out / "checkpoints" / EARLY_CHECKPOINT)
-    code, output = launch_fsdp(trained.config, f"train.output_dir={out}", "train.resume_from_checkpoint=latest")
-    assert code == 0, output[-4000:]
-    return SimpleNamespace(out=out, output=output)
+def launched(tiny_encoder_dir, tmp_path_factory):
+    return launch_whole_crashed_resumed(_launch, tiny_encoder_dir, tmp_path_factory.mktemp("fsdp"))
 
 
 def _gathered_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -101,71 +58,29 @@ def _gathered_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     target = checkpoint.parent.parent.parent / f"{checkpoint.name}-gathered.pt"
-    dcp_to_torch_save(checkpoint / "pytorch_model_fsdp_0", target)
+    if not target.exists():
+        dcp_to_torch_save(checkpoint / "pytorch_model_fsdp_0", target)
     return torch.load(target, weights_only=True)["model"]
 
 
 @pytest.mark.slow
-def test_fsdp2_trains_and_evaluates_three_tasks_on_two_processes(trained):
-    engines = sorted(
-        re.findall(r"process (\d of \d) \(local rank \d, host [^,]+, device cpu[:0-9]*\): (\S+)", trained.output)
-    )
-    assert engines == [("0 of 2", "FSDP2"), ("1 of 2", "FSDP2")], trained.output[-3000:]
-    record = RunRecord.read(trained.out)
-    assert record.finished and record.train["num_processes"] == 2
-    assert [entry["step"] for entry in record.history] == [2, 4, 6]
-    for task in TASKS:  # every task evaluated at every evaluation
-        assert all(any(key.startswith(f"eval/{task}/") for key in entry) for entry in record.history), task
+def test_fsdp2_trains_three_tasks_and_saves_the_best_model_automodel_reloads(launched):
+    check_whole_run(launched["whole"], "FSDP2", _gathered_weights)
     # the checkpoints are FSDP's sharded ones (configs/accelerate/fsdp.yaml: SHARDED_STATE_DICT)
-    assert (trained.out / "checkpoints" / "checkpoint-6" / "pytorch_model_fsdp_0" / ".metadata").is_file()
+    out = launched["whole"].out
+    assert (out / "checkpoints" / f"checkpoint-{MAX_STEPS}" / "pytorch_model_fsdp_0" / ".metadata").is_file()
 
 
 @pytest.mark.slow
-def test_the_final_model_holds_the_best_steps_gathered_weights(trained):
-    record = RunRecord.read(trained.out)
-    best = record.best_step
-    assert best not in (None, MAX_STEPS), "the best must not be the last step, or loading it back shows nothing"
-    saved = load_file(str(trained.out / "model.safetensors"))
-    at_best = _gathered_weights(trained.out / "checkpoints" / f"checkpoint-{best}")
-    assert sorted(saved) == sorted(at_best)
-    assert all(torch.equal(saved[name], at_best[name]) for name in saved)
-    last = _gathered_weights(trained.out / "checkpoints" / f"checkpoint-{MAX_STEPS}")
-    assert not all(torch.equal(saved[name], last[name]) for name in saved)
-    assert f"Loaded the best model (step {best}," in trained.output
-    assert not (trained.out / "best").exists()
-
-
-@pytest.mark.slow
-def test_the_final_model_reloads_through_automodel(trained, tiny_encoder_dir):
-    import transformers
-
-    import hfmtl
-
-    model = transformers.AutoModel.from_pretrained(trained.out).eval()
-    assert isinstance(model, hfmtl.MultiTaskModel) and sorted(model.config.tasks) == sorted(TASKS)
-    saved = load_file(str(trained.out / "model.safetensors"))
-    state = model.state_dict()
-    assert all(torch.equal(state[name], tensor) for name, tensor in saved.items())
-    with torch.no_grad():
-        logits = model(**encode(tiny_encoder_dir, "a first sentence", "another one"), task="rte").logits
-    assert logits.shape == (2, 2) and torch.isfinite(logits).all()
-
-
-@pytest.mark.slow
-def test_a_resume_from_before_a_head_trained_ends_as_the_uninterrupted_run(trained, resumed):
+def test_fsdp2_resumes_a_kill_after_a_checkpoint_before_every_head_trained_exactly(launched):
     import torch.distributed.checkpoint as dcp
 
-    optimizer = trained.out / "checkpoints" / EARLY_CHECKPOINT / "optimizer_0"
+    # the sharded optimizer state of the checkpoint holds no state for a head that had not trained
+    optimizer = launched["crashed"].out / "checkpoints" / f"checkpoint-{EVERY}" / "optimizer_0"
     held = dcp.FileSystemReader(str(optimizer)).read_metadata().state_dict_metadata
     untrained = [t for t in TASKS if not any(key.startswith(f"optimizer.state.heads.{t}.") for key in held)]
-    assert untrained, "the checkpoint must be one written before some head had trained"
-    assert f"Resumed from {resumed.out / 'checkpoints' / EARLY_CHECKPOINT} at step {EVERY}" in resumed.output
-    expected, got = load_file(str(trained.out / "model.safetensors")), load_file(str(resumed.out / "model.safetensors"))
-    assert sorted(expected) == sorted(got)
-    assert all(torch.equal(expected[name], got[name]) for name in expected)
-    before, after = RunRecord.read(trained.out), RunRecord.read(resumed.out)
-    assert after.history == [entry for entry in before.history if entry["step"] > EVERY]
-    assert after.best_step == before.best_step
+    assert untrained and set(untrained) == set(TASKS) - trained_tasks(launched["whole"].out, EVERY)
+    check_exact_resume(launched, _gathered_weights)
 
 
 def _stand_in_fsdp2():
@@ -213,12 +128,14 @@ def test_what_fsdp2_can_do_passes(tiny_encoder_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_refusal_under_fsdp2_comes_from_every_process_before_anything_is_written(trained):
-    out = trained.root / "refused"
-    code, output = launch_fsdp(
-        trained.config, f"train.output_dir={out}", "balancing.step=all_tasks", "balancing.method=pcgrad"
-    )
-    assert code != 0
+def test_a_refusal_under_fsdp2_comes_from_every_process_before_anything_is_written(tiny_encoder_dir, tmp_path):
+    from conftest import write_config
+
+    out = tmp_path / "refused"
+    config = write_config(tmp_path / "run.yaml", _run_config(tiny_encoder_dir, out))
+    done = _launch(config, "balancing.step=all_tasks", "balancing.method=pcgrad")
+    output = output_of(done)
+    assert done.returncode != 0
     expected = "error: balancing.method='pcgrad' combines per-task gradients of parameters that FSDP2 shards"
     assert output.count(expected) == 2, output[-3000:]
     assert not out.exists()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT, TASK_CONFIGS, CrashAt, make_config, reset_accelerate_state, run_recipe, write_config
+from launching import accelerate_command, launch_environment
 from safetensors.torch import load_file
 
 from hfmtl import cli
@@ -363,16 +363,8 @@ def test_a_second_run_is_refused_and_a_dead_owner_s_lock_is_taken_over(tiny_enco
 
 def _launch_two_processes(cfg: Path, *overrides: str, log: Path) -> subprocess.Popen:
     """recipes/train.py under `accelerate launch`, two gloo processes on the CPU (see tests/test_distributed.py)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    cmd = [
-        *(accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"),
-        *("--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)),
-        *(str(REPO_ROOT / "recipes" / "train.py"), "--cpu", "--config", str(cfg), *overrides),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = accelerate_command([REPO_ROOT / "recipes" / "train.py", "--cpu", "--config", cfg, *overrides], multi_gpu=True)
+    env = launch_environment()
     with open(log, "w") as stream:
         return subprocess.Popen(cmd, stdout=stream, stderr=stream, env=env, cwd=REPO_ROOT, start_new_session=True)
 

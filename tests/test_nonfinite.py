@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import DATA, REPO_ROOT, TASK_CONFIGS, make_config, run_recipe, write_config
+from launching import accelerate_launch
 
 from hfmtl import cli
 from hfmtl.errors import HfmtlError
@@ -253,12 +249,6 @@ sys.exit(status)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["error", "skip"])
 def test_two_processes_take_the_same_decision_when_one_sees_a_nan(mode, tiny_encoder_dir, tmp_path):
@@ -266,33 +256,9 @@ def test_two_processes_take_the_same_decision_when_one_sees_a_nan(mode, tiny_enc
     cfg = write_config(tmp_path / "run.yaml", make_config(tiny_encoder_dir, out, TWO_TASKS, max_steps=5))
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    cmd = [
-        accelerate,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(worker),
-        str(Path(__file__).parent),
-        str(tmp_path),
-        str(REPO_ROOT / "recipes" / "train.py"),
-        "--cpu",
-        "--config",
-        str(cfg),
-        f"train.nonfinite={mode}",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = [worker, Path(__file__).parent, tmp_path, REPO_ROOT / "recipes" / "train.py", "--cpu", "--config", cfg]
     # a rank that decided alone would leave the other one waiting in a collective until the timeout
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO_ROOT)
+    proc = accelerate_launch([*script, f"train.nonfinite={mode}"], multi_gpu=True)
     records = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
     assert len(records) == 2, proc.stderr[-3000:]
     if mode == "error":

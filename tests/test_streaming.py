@@ -232,26 +232,12 @@ recorder.write(trainer, trainer.state.global_step)
 
 
 def _launch(tmp_path, config_path, *overrides, crash_at: int | None = None):
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
+    from launching import RECIPE, accelerate_launch
 
-    from conftest import REPO_ROOT
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     worker = tmp_path / "worker.py"
     worker.write_text(DDP_WORKER)
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
-    cmd += [str(worker), str(REPO_ROOT / "recipes" / "train.py"), "--cpu", "--config", str(config_path), *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"CRASH_AT": str(crash_at)} if crash_at else {})}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO_ROOT)
+    script = [worker, RECIPE, "--cpu", "--config", config_path, *overrides]
+    return accelerate_launch(script, multi_gpu=True, env={"CRASH_AT": str(crash_at)} if crash_at else None)
 
 
 @pytest.mark.slow
