@@ -9,15 +9,10 @@ rank drew the same task at every step, and that the parameters are identical on 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, TASK_CONFIGS, make_config, write_config
+from launching import accelerate_launch
 
 from hfmtl.training.checkpointing import list_checkpoints
 from hfmtl.training.manifest import verify_checkpoint
@@ -64,12 +59,6 @@ record = {
 out = Path(trainer.args.output_dir) / f"rank{acc.process_index}.json"
 out.write_text(json.dumps(record))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 INPUT_GROUP = [
@@ -127,30 +116,9 @@ def test_two_process_cpu_run_stays_in_lockstep(variant, tiny_encoder_dir, tmp_pa
     )
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    cmd = [
-        accelerate,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(worker),
-        str(REPO_ROOT / "recipes" / "train.py"),
-        "--cpu",
-        "--config",
-        str(cfg),
-        *VARIANTS[variant],
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO_ROOT)
+    proc = accelerate_launch(
+        [worker, REPO_ROOT / "recipes" / "train.py", "--cpu", "--config", cfg, *VARIANTS[variant]], multi_gpu=True
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     records = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
