@@ -103,14 +103,7 @@ def _predict(args: argparse.Namespace) -> int:
     records = _read_jsonl(args.input, source)
     if args.output != "-" and not Path(args.output).resolve().parent.is_dir():
         raise HfmtlError(f"--output {args.output!r}: directory {str(Path(args.output).parent)!r} does not exist")
-    with _quiet_loading():
-        predictor = Predictor.from_pretrained(
-            args.model,
-            device=args.device,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            base_model=args.base_model,
-        )
+    predictor = load_predictor(args)
     task_option = _task_option(args.task, predictor)
     requests = []
     for line_number, record in records:
@@ -153,6 +146,19 @@ def _task_option(task: str | None, predictor: Predictor) -> str | list[str] | No
             raise HfmtlError("--task lists no task name")
     predictor.fields(task)
     return task
+
+
+def load_predictor(args: argparse.Namespace) -> Predictor:
+    """The Predictor of `hfmtl predict` and `hfmtl serve`: MODEL with their shared options (--device,
+    --batch-size, --max-length, --base-model), loaded without a progress bar."""
+    with _quiet_loading():
+        return Predictor.from_pretrained(
+            args.model,
+            device=args.device,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            base_model=args.base_model,
+        )
 
 
 @contextlib.contextmanager

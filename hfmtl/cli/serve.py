@@ -16,8 +16,7 @@ import importlib.util
 import sys
 
 from ..errors import HfmtlError
-from ..inference.predictor import Predictor
-from .predict import _quiet_loading
+from .predict import load_predictor
 
 _EXTRA = ("fastapi", "uvicorn")
 
@@ -82,14 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     sock = server.bind(args.host, args.port)  # before the model loads: a taken port fails fast
     try:
-        with _quiet_loading():
-            predictor = Predictor.from_pretrained(
-                args.model,
-                device=args.device,
-                batch_size=args.batch_size,
-                max_length=args.max_length,
-                base_model=args.base_model,
-            )
+        predictor = load_predictor(args)
         app = create_app(
             predictor,
             model_name=args.model,
