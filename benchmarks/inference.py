@@ -217,7 +217,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-wait-ms", type=float, help="serve: the batched server's --max-wait-ms.")
     parser.add_argument("--output-dir", type=Path, default=REPO / "outputs" / "benchmarks" / "inference")
     parser.add_argument("--output-json", type=Path, help="Results file (default: OUTPUT_DIR/inference.json).")
-    parser.add_argument("--smoke", action="store_true", help="Tiny random encoder and tiny sizes (CI).")
+    parser.add_argument(
+        "--smoke", action="store_true", help="Tiny random encoder and tiny sizes, the training in this process (CI)."
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         for key, value in SMOKE.items():
@@ -238,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         model_dir, note = Path(args.model), "given with --model"
     else:
         encoder = args.encoder or (tiny_encoder(args.output_dir / "tiny_encoder") if args.smoke else None)
-        model_dir = prepare_model(args.output_dir / "model_cache", encoder=encoder, steps=args.train_steps)
+        model_dir = prepare_model(
+            args.output_dir / "model_cache", encoder=encoder, steps=args.train_steps, in_process=args.smoke
+        )
         note = (f"trained {args.train_steps} steps by this script: enough for throughput, which does not depend "
                 "on how long the heads trained; not for its predictions")  # fmt: skip
     started = time.time()

@@ -31,10 +31,17 @@ COMBINED = {"all": "all", "pairs3": ["mrpc", "rte", "stsb"], "singles2": ["sst2"
 
 
 def prepare_model(
-    cache: Path, *, config: str = "configs/glue.yaml", encoder: str | None = None, steps: int = 10, batch_size: int = 16
+    cache: Path,
+    *,
+    config: str = "configs/glue.yaml",
+    encoder: str | None = None,
+    steps: int = 10,
+    batch_size: int = 16,
+    in_process: bool = False,
 ) -> Path:
     """A finished run of `config` trained for `steps` steps (no checkpoints, one small evaluation at the
-    end), in ``cache/glue-<hash of its config>``; reused when a finished one is there already.
+    end), in ``cache/glue-<hash of its config>``; reused when a finished one is there already. Trained in
+    a fresh process, or with `in_process` (--smoke) in this one.
 
     Only the first ``steps x batch_size`` training rows of each task are tokenized, to keep it short.
     """
@@ -62,7 +69,7 @@ def prepare_model(
     cache.mkdir(parents=True, exist_ok=True)
     config_path = run_dir.with_suffix(".yaml")
     config_path.write_text(text)
-    train(config_path, run_dir, ["train.overwrite_output_dir=true"])
+    train(config_path, run_dir, ["train.overwrite_output_dir=true"], in_process=in_process)
     return run_dir
 
 

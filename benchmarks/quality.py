@@ -17,7 +17,8 @@ last step):
 
     python benchmarks/quality.py                              # every part (over an hour on 2 CPU cores)
     python benchmarks/quality.py --parts balancing --methods equal uncertainty pcgrad cagrad
-    python benchmarks/quality.py --smoke                      # a few steps of each on tiny data (CI)
+    python benchmarks/quality.py --smoke                      # a few steps of each on tiny data (CI),
+                                                              # every run in this one process
 
 Results: outputs/benchmarks/quality/ (each run's model, metrics.json and train.log; results.json with
 every number, the machine and the versions); the tables are printed at the end. The measured numbers are
@@ -109,10 +110,10 @@ def alone(base: dict[str, Any], task: str) -> dict[str, Any]:
 class Runner:
     """Trains each named run once per benchmark invocation; with `reuse`, a run whose output directory
     already holds metrics.json from the same config is read back instead of trained again (to resume an
-    interrupted benchmark)."""
+    interrupted benchmark); `in_process` (--smoke): every run in this process (benchmarks/runs.py)."""
 
-    def __init__(self, root: Path, reuse: bool):
-        self.root, self.reuse = root, reuse
+    def __init__(self, root: Path, reuse: bool, in_process: bool = False):
+        self.root, self.reuse, self.in_process = root, reuse, in_process
         self.done: dict[str, dict[str, Any]] = {}
 
     def run(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +135,7 @@ class Runner:
             metrics = json.loads(metrics_path.read_text())
         else:
             # overwrite: a benchmark run always starts from scratch (a stale checkpoint would resume)
-            metrics = train(config_path, output_dir, ["train.overwrite_output_dir=true"])
+            metrics = train(config_path, output_dir, ["train.overwrite_output_dir=true"], in_process=self.in_process)
             requested.write_text(config_path.read_text())
         self.done[name] = {
             "dev": final_dev(metrics),
@@ -144,18 +145,22 @@ class Runner:
         return self.done[name]
 
 
-def run_trainer(root: Path, name: str, config: dict[str, Any]) -> dict[str, Any]:
-    """The Trainer cross-check, in its own process (so that its peak memory is its own)."""
+def run_trainer(root: Path, name: str, config: dict[str, Any], in_process: bool = False) -> dict[str, Any]:
+    """The Trainer cross-check, in its own process (so that its peak memory is its own); `in_process`
+    (--smoke): in this one."""
     output_dir = root / name
     output_dir.mkdir(parents=True, exist_ok=True)
     config = copy.deepcopy(config)
     config["train"]["output_dir"] = str(output_dir)
     spec = output_dir / "spec.json"
     spec.write_text(json.dumps(config))
-    command = [sys.executable, str(Path(__file__).resolve()), "--trainer-worker", str(spec)]
-    print("$", " ".join(command), flush=True)
     started = time.time()
-    subprocess.run(command, cwd=REPO, check=True)
+    if in_process:
+        trainer_worker(str(spec))
+    else:
+        command = [sys.executable, str(Path(__file__).resolve()), "--trainer-worker", str(spec)]
+        print("$", " ".join(command), flush=True)
+        subprocess.run(command, cwd=REPO, check=True)
     result = json.loads((output_dir / "result.json").read_text())
     result["cost"]["wall_seconds"] = round(time.time() - started, 1)
     return result
@@ -244,7 +249,9 @@ def glue_part(runner: Runner, base: dict[str, Any], trainer_task: str | None, ro
     if trainer_task:
         trainer = alone(base, trainer_task)
         trainer["train"]["output_dir"] = None
-        result["trainer"] = {trainer_task: run_trainer(root, f"glue/trainer_{trainer_task}", trainer)}
+        result["trainer"] = {
+            trainer_task: run_trainer(root, f"glue/trainer_{trainer_task}", trainer, runner.in_process)
+        }
     return result
 
 
@@ -382,7 +389,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Read back finished runs of the same config instead of training them again.",
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="2 steps of each run on a few examples, to check the script works."
+        "--smoke",
+        action="store_true",
+        help="2 steps of each run on a few examples, all in this process, to check the script works.",
     )
     parser.add_argument("--trainer-worker", help=argparse.SUPPRESS)  # internal: the Trainer run, from a spec file
     args = parser.parse_args(argv)
@@ -400,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     root = Path(args.output_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    runner = Runner(root, args.reuse)
+    runner = Runner(root, args.reuse, in_process=args.smoke)
     results: dict[str, Any] = machine_and_versions() | {"settings": vars(args) | {"output_dir": str(root)}}
     glue = _budget(read_config(args.glue_config), args.steps, args.batch_size, args.smoke)
     conll = _budget(read_config(args.conll_config), args.conll_steps, args.conll_batch_size, args.smoke)

@@ -18,7 +18,8 @@ metrics are each task's at the last step, on the first --eval-samples validation
 
     python benchmarks/shared_input.py                        # both task sets at the default size
     python benchmarks/shared_input.py --steps 300 --eval-samples 3250
-    python benchmarks/shared_input.py --smoke                # 2 steps on a tiny random encoder (CI)
+    python benchmarks/shared_input.py --smoke                # 3 steps on a tiny random encoder, every
+                                                             # run in this process (CI)
 
 Results: outputs/benchmarks/shared_input/ (each run's metrics.json and train.log; results.json with every
 number, the machine and the versions); the table is printed at the end. docs/benchmarks.md keeps the
@@ -82,15 +83,19 @@ def base_config(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return config
 
 
-def measure(root: Path, name: str, config: dict[str, Any], warmup_steps: int) -> dict[str, Any]:
-    """Train `config` in a fresh process (`worker`); its steady-state speed and final dev metrics."""
+def measure(root: Path, name: str, config: dict[str, Any], warmup_steps: int, in_process: bool) -> dict[str, Any]:
+    """Train `config` in a fresh process (`worker`; with `in_process`, for --smoke, in this one); its
+    steady-state speed and final dev metrics."""
     out = root / name
     spec = {"config": config | {"train": {**config["train"], "output_dir": str(out)}}, "warmup_steps": warmup_steps}
     spec_path = write_config(spec, root / f"{name}.spec.yaml")
     result_path = out / "speed.json"
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path), str(result_path)]
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, cwd=REPO, check=True, env={**os.environ, **OFFLINE_ENV})
+    if in_process:
+        worker(str(spec_path), str(result_path))
+    else:
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path), str(result_path)]
+        print("$", " ".join(command), flush=True)
+        subprocess.run(command, cwd=REPO, check=True, env={**os.environ, **OFFLINE_ENV})
     return json.loads(result_path.read_text())
 
 
@@ -180,7 +185,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default="configs/conll_group.yaml", help="The grouped tasks' config.")
     parser.add_argument("--model", help="Encoder directory or Hub id (default: the config's; --smoke: tiny BERT).")
     parser.add_argument("--output-dir", default="outputs/benchmarks/shared_input")
-    parser.add_argument("--smoke", action="store_true", help="3 steps on a few examples, to check the script works.")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="3 steps on a few examples, every run in this process, to check the script works.",
+    )
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)  # internal: one run, from a spec file
     args = parser.parse_args(argv)
     if args.smoke:
@@ -202,9 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     for set_name in args.sets:
         tasks = TASK_SETS[set_name]
         runs = {  # the separate run's warm-up: as many task-batches as the grouped run's
-            "grouped": measure(root, f"{set_name}/grouped", grouped(base, tasks, args.steps), args.warmup_steps),
+            "grouped": measure(
+                root, f"{set_name}/grouped", grouped(base, tasks, args.steps), args.warmup_steps, args.smoke
+            ),
             "separate": measure(
-                root, f"{set_name}/separate", separate(base, tasks, args.steps), args.warmup_steps * len(tasks)
+                root,
+                f"{set_name}/separate",
+                separate(base, tasks, args.steps),
+                args.warmup_steps * len(tasks),
+                args.smoke,
             ),
         }
         fast, slow = runs["grouped"]["task_examples_per_second"], runs["separate"]["task_examples_per_second"]

@@ -2,7 +2,8 @@
 """Training throughput: hfmtl's loop vs `transformers.Trainer`, the cost of multi-tasking, length grouping.
 
 Four comparisons, measured in ONE run; their runs alternate (ABCD, DCBA, ABCD... for --repeats), and each
-run is a fresh process of its own, so that its peak memory is its own:
+run is a fresh process of its own, so that its peak memory is its own (--smoke, which only checks that
+the script works, runs them all in its own process):
 
   trainer    hfmtl on one task vs `transformers.Trainer` on `AutoModelForSequenceClassification`: the same
              encoder weights, the same tokenized features fed as the same batches in the same order (the
@@ -379,14 +380,25 @@ def worker(spec_path: str) -> None:
 # --- the benchmark: runs, alternating, then the tables ----------------------------------------------------
 
 
-def _launch(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
-    """One run in a fresh Python process; its result, plus the process's wall time."""
+def _launch(spec: dict[str, Any], scratch: Path, in_process: bool = False) -> dict[str, Any]:
+    """One run in a fresh Python process (`in_process`, for --smoke: in this one, whose peak memory it
+    then reports); its result, plus the process's wall time."""
     spec_path = scratch / f"{spec['run']}_r{spec['repeat']}.json"
     spec["result_path"] = str(spec_path.with_suffix(".result.json"))
     spec["output_dir"] = str(scratch / f"{spec['run']}_r{spec['repeat']}")
     spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     started = time.time()
+    if in_process:
+        worker(str(spec_path))
+    else:
+        _worker_process(spec, spec_path)
+    result = json.loads(Path(spec["result_path"]).read_text())
+    shutil.rmtree(spec["output_dir"], ignore_errors=True)  # the saved model is not needed
+    return result | {"repeat": spec["repeat"], "process_wall_seconds": round(time.time() - started, 1)}
+
+
+def _worker_process(spec: dict[str, Any], spec_path: Path) -> None:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)],
         cwd=REPO,
@@ -399,9 +411,6 @@ def _launch(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
         raise RuntimeError(
             f"run {spec['run']} (repeat {spec['repeat']}) failed with exit code {done.returncode}:\n{tail}"
         )
-    result = json.loads(Path(spec["result_path"]).read_text())
-    shutil.rmtree(spec["output_dir"], ignore_errors=True)  # the saved model is not needed
-    return result | {"repeat": spec["repeat"], "process_wall_seconds": round(time.time() - started, 1)}
 
 
 def _median(values: list[float]) -> float:
@@ -511,7 +520,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="The device's peak TFLOP/s, for MFU (default: the bf16 datasheet peak of an H100/H200 under --bf16).",
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="3 steps, 1 repeat, batch 8, tiny slices and a tiny random encoder."
+        "--smoke",
+        action="store_true",
+        help="3 steps, 1 repeat, batch 8, tiny slices, a tiny random encoder, every run in this process.",
     )
     parser.add_argument(
         "--output",
@@ -606,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
                     "task_sources": run["task_sources"],
                     "group_by_length": run["group_by_length"],
                 }
-                result = _launch(spec, scratch)
+                result = _launch(spec, scratch, in_process=smoke)
                 run["measurements"].append(result)
                 print(
                     f"  repeat {repeat + 1}/{repeats} {run['label']:<24} {result['examples_per_second']:9.1f} examples/s "
