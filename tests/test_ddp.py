@@ -1,6 +1,6 @@
 """DDP on two CPU processes (gloo), launched as users launch it: ``accelerate launch --config_file
-configs/accelerate/ddp.yaml ... recipes/train.py --cpu`` (here tests/launching.py, the recipe with a
-test-only kill). Issue 12's contract for DDP (tests/engine_contract.py): 3 tasks, one streamed, with
+configs/accelerate/ddp.yaml ... recipes/train.py --cpu`` (the killed launch runs tests/launching.py, the
+recipe with a test-only kill). Issue 12's contract for DDP (tests/engine_contract.py): 3 tasks, one streamed, with
 ``load_best_model_at_end``; the saved model reloads through `AutoModel`; a run killed after a checkpoint
 written before every head had trained, mid-stream, resumes to the uninterrupted run bit for bit.
 The launches are real: slow.
@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 from engine_contract import check_exact_resume, check_whole_run, launch_whole_crashed_resumed
-from launching import ACCELERATE_CONFIGS, accelerate_launch
+from launching import ACCELERATE_CONFIGS, RECIPE, accelerate_launch
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
 
 def _launch(config: Path, *overrides: str, crash_at: int | None = None):
-    script = [Path(__file__).with_name("launching.py"), "--cpu", "--config", config, *overrides]
+    entry = RECIPE if crash_at is None else Path(__file__).with_name("launching.py")
+    script = [entry, "--cpu", "--config", config, *overrides]
     return accelerate_launch(script, config_file=ACCELERATE_CONFIGS / "ddp.yaml", crash_at=crash_at)
 
 

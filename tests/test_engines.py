@@ -161,15 +161,7 @@ def _process_lines(output: str) -> list[str]:
     return sorted(re.findall(r"process (\d of \d) \(local rank \d, host [^,]+, device cpu[:0-9]*\): (.*)", output))
 
 
-@pytest.mark.slow
-def test_the_ddp_config_trains_two_cpu_processes(tiny_encoder_dir, tmp_path):
-    config, out = _write(tmp_path, tiny_encoder_dir)
-    launcher = ["--config_file", str(REPO_ROOT / "configs/accelerate/ddp.yaml")]
-    code, output = _finish(_launch(launcher, config, "--cpu"))
-    assert code == 0, output[-3000:]
-    assert [line[0] for line in _process_lines(output)] == ["0 of 2", "1 of 2"], output[-3000:]
-    assert all(line[1] == "DDP (MULTI_CPU)" for line in _process_lines(output))
-    assert RunRecord.read(out).train["num_processes"] == 2
+# The shipped ddp.yaml training two CPU processes through recipes/train.py: tests/test_ddp.py.
 
 
 @pytest.mark.slow
