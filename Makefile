@@ -21,16 +21,20 @@ $(BIN)/python:
 
 # torch first, from the lock: its CPU wheel lies on local disk; an unpinned torch (or one pulled in by
 # transformers/accelerate) would download a multi-GB CUDA build.
+INSTALL_TORCH = $(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet -c $(LOCK) torch
+
 $(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet -c $(LOCK) torch
+	$(INSTALL_TORCH)
 	$(BIN)/pip install --quiet -c $(LOCK) -e ".[dev]"
 	touch $@
 
 # The suite's DeepSpeed launches need the `deepspeed` extra; the main job does not get it: Accelerate
 # imports an installed DeepSpeed in every run (and DeepSpeed logs a warning about its accelerator).
-$(VENV)/.installed-deepspeed: $(VENV)/.installed
+# One pip call with both extras (a fresh machine, so CI, resolves and builds hfmtl once, not twice).
+$(VENV)/.installed-deepspeed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(INSTALL_TORCH)
 	$(BIN)/pip install --quiet -c $(LOCK) -e ".[dev,deepspeed]"
-	touch $@
+	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
 
