@@ -301,3 +301,44 @@ def test_inference_smoke_measures_every_arm_and_prints_the_ratios(tmp_path):
     for text in ("one call for all tasks, speed-up vs five single-task calls", "mrpc+rte+stsb / mrpc",
                  "Predictor / pipeline", "dynamic batching:", "torch threads", "transformers", "load average"):  # fmt: skip
         assert text in proc.stdout, text
+
+
+SCALING = REPO_ROOT / "benchmarks" / "scaling.py"
+
+
+@pytest.mark.engines  # a 2-process launch: make test-all
+def test_scaling_smoke_launches_ddp_and_measures_every_process(tmp_path):
+    """benchmarks/scaling.py --smoke: the DDP arm through configs/accelerate/ddp.yaml on 2 gloo processes
+    (the FSDP2 arm needs GPUs); every process reports its tokens, time and peak memory."""
+    proc = _run_script(SCALING, ["--smoke", "--output-dir", str(tmp_path)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["machine"]["cpu_cores"] >= 1 and results["versions"]["hfmtl"]
+    assert set(results["engines"]) == {"ddp"}
+    ddp = results["engines"]["ddp"]
+    assert ddp["processes"] == 2 and ddp["engine"] == "MULTI_CPU"
+    assert sorted(p["process"] for p in ddp["per_process"]) == [0, 1]
+    for process in ddp["per_process"]:
+        assert process["processes"] == 2 and process["timed_steps"] == 2  # 3 steps, 1 of warm-up
+        assert process["rows"] == 2 * 4  # 2 timed steps of batch 4
+        assert 0 < process["tokens"] <= process["rows"] * 64
+        assert _positive(process["seconds"]) and _positive(process["peak_memory_mb"])
+    tokens = sum(p["tokens"] for p in ddp["per_process"])
+    slowest = max(p["seconds"] for p in ddp["per_process"])
+    assert ddp["tokens_per_second"] == pytest.approx(tokens / slowest, rel=1e-3)
+    assert "fsdp_vs_ddp" not in results
+    assert "tokens/s per process" in proc.stdout and "ddp" in proc.stdout
+
+
+def test_scaling_refuses_fsdp_without_a_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("FSDP runs on this machine's GPUs")
+    proc = _run_script(SCALING, ["--engines", "fsdp", "--num-processes", "2"], timeout=120)
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith("fsdp needs GPUs: Accelerate builds FSDP for accelerator processes only; use --engines ddp")
+    )

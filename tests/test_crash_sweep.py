@@ -9,7 +9,8 @@ the last one (so that "the best model" and "the last weights" are different file
 
 In CI: every named moment once (tests/kill_driver.py `MOMENTS`: a checkpoint without its manifest, a
 rotation half done, an evaluation not yet recorded, the best model staged, every step of the finishing
-sequence) and ``RANDOM_CASES`` random cases of one to three kills in a row. The longer sweep, with more
+sequence; a moment while training and one while finishing share a case, killed one after the other) and
+``RANDOM_CASES`` random cases of one to three kills in a row. The longer sweep, with more
 random cases and two processes (gloo DDP, the whole process group killed), is documented in
 docs/reliability.md:
 
@@ -170,13 +171,32 @@ def _wait_for_training(process: subprocess.Popen, log: Path, seen: int) -> float
     return time.monotonic() - start
 
 
+# Every named moment once, two to a case where they can follow each other: a kill while training, then
+# the resumed run killed while finishing (each run that reaches the end runs the finishing sequence).
+# A case saves a run that way (each run is a fresh process, ~7 s of imports here) and checks a resume
+# that is itself killed; the finish and the end state are checked after every case, as for one kill.
+WHILE_TRAINING = [
+    "checkpoint-without-manifest",
+    "checkpoint-half-removed",
+    "evaluation-not-recorded",
+    "best-model-staged",
+]
+WHILE_FINISHING = ["best-loaded-at-end", "final-model-saved", "record-finishing", "model-card", "completion-marker"]
+NAMED_CASES = [[*pair] for pair in zip(WHILE_TRAINING, WHILE_FINISHING)] + [
+    [m] for m in WHILE_FINISHING[len(WHILE_TRAINING) :]
+]
+assert sorted(m for case in NAMED_CASES for m in case) == sorted(MOMENTS), "a moment of kill_driver.py is left out"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", sorted(MOMENTS))
-def test_a_kill_at_a_named_moment_resumes_to_the_uninterrupted_model(moment, reference, tiny_encoder_dir, tmp_path):
+@pytest.mark.parametrize("moments", NAMED_CASES, ids="+".join)
+def test_kills_at_named_moments_resume_to_the_uninterrupted_model(moments, reference, tiny_encoder_dir, tmp_path):
     config, log = _config(tiny_encoder_dir, tmp_path), tmp_path / "log.txt"
-    code = _run(config, moment, log)
-    # one process: killed by its own SIGKILL; several: the launcher ends the run when one worker dies
-    assert code == -signal.SIGKILL if PROCESSES == 1 else code != 0, f"no kill at {moment!r}:\n{log.read_text()}"
+    for moment in moments:
+        code = _run(config, moment, log)
+        # one process: killed by its own SIGKILL; several: the launcher ends the run when one worker dies
+        killed = code == -signal.SIGKILL if PROCESSES == 1 else code != 0
+        assert killed, f"no kill at {moment!r} (after {moments[: moments.index(moment)]}):\n{log.read_text()}"
     _finish(config, log)
     _assert_same_end(tmp_path / "out", reference[0], log)
 

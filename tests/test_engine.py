@@ -82,10 +82,11 @@ def test_an_unknown_compile_backend_is_one_line(tiny_encoder_dir, tmp_path):
 
 def test_a_compiled_run_saves_and_reloads_its_best_weights(tiny_encoder_dir, tmp_path):
     """The Accelerator wraps the model in torch.compile's OptimizedModule, whose state dict names every
-    weight under `_orig_mod.`: saved so, AutoModel would load a model with random weights. aot_eager
-    wraps and traces like inductor does, in a fifth of the time on this CPU."""
+    weight under `_orig_mod.`: saved so, AutoModel would load a model with random weights. The eager
+    backend wraps the model as every backend does, in 15 s here against aot_eager's 24 s (aot_eager, the
+    tracing inductor also does, runs in test_accelerate_launch_flags_reach_the_run)."""
     cfg = _config(tiny_encoder_dir, tmp_path, max_steps=6, eval_steps=3)
-    trainer = run_recipe(cfg, "train.torch_compile=true", "train.torch_compile_backend=aot_eager")
+    trainer = run_recipe(cfg, "train.torch_compile=true", "train.torch_compile_backend=eager")
     out = tmp_path / "out"
     assert isinstance(trainer.model, torch._dynamo.eval_frame.OptimizedModule)
     saved = load_file(out / "model.safetensors")
@@ -97,9 +98,9 @@ def test_a_compiled_run_saves_and_reloads_its_best_weights(tiny_encoder_dir, tmp
     for task in TWO_TASKS:
         assert_reloaded_logits_equal(reloaded(task=task, **batch).logits, model(task=task, **batch).logits)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["train"]["torch_compile"] == "aot_eager"
+    assert metrics["train"]["torch_compile"] == "eager"
     assert f"Loaded the best model (step {metrics['best']['step']}," in (out / "train.log").read_text()
-    assert "compiled with torch.compile (aot_eager)" in (out / "README.md").read_text()
+    assert "compiled with torch.compile (eager)" in (out / "README.md").read_text()
 
 
 @pytest.mark.slow
