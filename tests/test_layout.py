@@ -152,6 +152,20 @@ def test_the_config_and_the_package_import_without_torch():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_the_console_script_parses_without_torch():
+    """`hfmtl --help` and every command's own parser (push, predict, serve...) build without torch,
+    transformers or the model: the commands import those when they run."""
+    code = (
+        "import sys\nfrom hfmtl.cli.main import main\n"
+        "for line in (['--help'], ['push', '--help'], ['predict', '--help'], ['serve', '--help'], ['export', '--help']):\n"
+        "    try:\n        main(line)\n    except SystemExit as stop:\n        assert stop.code == 0, line\n"
+        "assert not {'torch', 'transformers'} & set(sys.modules), 'imported at parse time'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage: hfmtl push" in result.stdout and "usage: hfmtl serve" in result.stdout
+
+
 def test_import_hfmtl_then_automodel_loads_a_saved_model(tiny_encoder_dir, tmp_path):
     """The registration hook of hfmtl/_auto.py: `import hfmtl` alone is enough for the Auto classes."""
     from hfmtl.model import MultiTaskModel

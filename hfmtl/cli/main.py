@@ -25,7 +25,6 @@ import importlib
 import sys
 
 from ..errors import exit_status_of
-from ..publish.export import export_model_dir
 from .config import add_cli as add_config_cli
 from .predict import add_cli as add_inference_cli
 from .push import add_cli as add_hub_cli
@@ -70,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from ..publish.export import export_model_dir  # the model stack: only for this command
+
     out = export_model_dir(args.model, args.task, args.out, overwrite=args.overwrite)
     print(f"exported task {args.task!r} of {args.model} to {out}")
     return 0

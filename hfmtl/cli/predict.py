@@ -35,21 +35,17 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-from transformers import AutoConfig
-from transformers.utils import logging as hf_logging
+from typing import TYPE_CHECKING, Any
 
 from ..errors import HfmtlError
 from ..files import write_text_atomic
-from ..inference.predictor import Predictor
-from ..inference.saved_tasks import optional_file, read_run_config, task_for
-from ..model.backbone import check_model_path
-from ..model.configuration import MultiTaskConfig
 from ..run_record import FILE_NAME as RUN_RECORD_FILE
 from ..run_record import RunRecord
-from ..tasks import Unsupported, get_task_class
-from ..tasks.prediction import InputError
+
+# torch, transformers and the model are imported by the commands that use them, not here: every
+# `hfmtl` command line (`hfmtl --help` too) builds this module's parsers (tests/test_cli.py).
+if TYPE_CHECKING:
+    from ..inference.predictor import Predictor
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -99,6 +95,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from ..tasks.prediction import InputError as input_error
+
     source = "<stdin>" if args.input == "-" else args.input
     records = _read_jsonl(args.input, source)
     if args.output != "-" and not Path(args.output).resolve().parent.is_dir():
@@ -117,7 +115,7 @@ def _predict(args: argparse.Namespace) -> int:
             )
         try:
             predictor.check(task_name, record)
-        except (InputError, HfmtlError) as err:  # a missing field, a wrong type, an unknown task
+        except (input_error, HfmtlError) as err:  # a missing field, a wrong type, an unknown task
             raise HfmtlError(f"{where}: {err}") from None
         requests.append({**{k: v for k, v in record.items() if k not in ("task", "tasks")}, "task": task_name})
     options = {"return_all_scores": args.return_all_scores, "top_k": args.top_k, "threshold": args.threshold}
@@ -151,6 +149,8 @@ def _task_option(task: str | None, predictor: Predictor) -> str | list[str] | No
 def load_predictor(args: argparse.Namespace) -> Predictor:
     """The Predictor of `hfmtl predict` and `hfmtl serve`: MODEL with their shared options (--device,
     --batch-size, --max-length, --base-model), loaded without a progress bar."""
+    from ..inference.predictor import Predictor
+
     with _quiet_loading():
         return Predictor.from_pretrained(
             args.model,
@@ -164,6 +164,8 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
 @contextlib.contextmanager
 def _quiet_loading() -> Iterator[None]:
     """No "Loading weights" progress bar: stderr is for the one-line errors (and stdout may be data)."""
+    from transformers.utils import logging as hf_logging
+
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -207,6 +209,13 @@ def model_info(model_name_or_path: str, **hub_kwargs: Any) -> dict[str, Any]:
         {"type", "num_labels", "labels", "problem_type", "inputs"}}, "metrics": None or {"step",
         "eval/mean", "tasks": {name: {metric: value}}}}``.
     """
+    from transformers import AutoConfig
+
+    from ..inference.saved_tasks import read_run_config, task_for
+    from ..model.backbone import check_model_path
+    from ..model.configuration import MultiTaskConfig
+    from ..tasks import Unsupported, get_task_class
+
     path = check_model_path(str(model_name_or_path), "model")
     try:
         config = AutoConfig.from_pretrained(path, **hub_kwargs)
@@ -267,6 +276,8 @@ def _peft_info(path: str, peft: dict[str, Any], hub_kwargs: dict[str, Any]) -> d
 
 def _metrics(path: str, hub_kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """The evaluation of the saved weights: the best entry of the run record (else the last)."""
+    from ..inference.saved_tasks import optional_file
+
     record = RunRecord.read_file(optional_file(path, RUN_RECORD_FILE, **hub_kwargs))
     entry = record.saved_evaluation(load_best_model_at_end=True) if record is not None else None
     if entry is None:
@@ -280,6 +291,8 @@ def _metrics(path: str, hub_kwargs: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _read_json(path: str, filename: str, hub_kwargs: dict[str, Any]) -> Any:
+    from ..inference.saved_tasks import optional_file
+
     resolved = optional_file(path, filename, **hub_kwargs)
     if resolved is None:
         return None

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..publish.hub import check_repo_id, files_to_upload, push_to_hub
-from ..publish.model_card import write_model_card
-from ..publish.saved_model import read_model_dir
-
 
 def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``hfmtl push`` on the `hfmtl` console script's subparsers.
@@ -41,6 +37,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _push_command(args: argparse.Namespace) -> int:
+    # imported here: every `hfmtl` command line builds this parser (hfmtl/cli/predict.py says why)
+    from ..publish.hub import check_repo_id, files_to_upload, push_to_hub
+    from ..publish.model_card import write_model_card
+    from ..publish.saved_model import read_model_dir
+
     card_data = {"license": args.license, "language": args.language, "base_model": args.base_model}
     card_data = {k: v for k, v in card_data.items() if v is not None}
     if args.dry_run:
