@@ -166,26 +166,38 @@ def test_the_console_script_parses_without_torch():
     assert "usage: hfmtl push" in result.stdout and "usage: hfmtl serve" in result.stdout
 
 
-def test_import_hfmtl_then_automodel_loads_a_saved_model(tiny_encoder_dir, tmp_path):
-    """The registration hook of hfmtl/_auto.py: `import hfmtl` alone is enough for the Auto classes."""
+@pytest.fixture(scope="module")
+def saved_model(tiny_encoder_dir, tmp_path_factory) -> Path:
     from hfmtl.model import MultiTaskModel
 
+    path = tmp_path_factory.mktemp("saved") / "model"
     MultiTaskModel.from_encoder(tiny_encoder_dir, {"rte": {"type": "classification", "num_labels": 2}}).save_pretrained(
-        tmp_path / "model"
+        path
     )
-    code = (
-        "import sys, hfmtl, transformers\n"
-        f"model = transformers.AutoModel.from_pretrained({str(tmp_path / 'model')!r})\n"
+    return path
+
+
+def _loads(path: Path) -> str:
+    return (
+        f"model = transformers.AutoModel.from_pretrained({str(path)!r})\n"
         "assert type(model).__name__ == 'MultiTaskModel', type(model)\n"
     )
-    for order in (code, code.replace("import sys, hfmtl, transformers", "import sys, transformers, peft, hfmtl")):
-        result = subprocess.run([sys.executable, "-c", order], capture_output=True, text=True, cwd=REPO_ROOT)
-        assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_import_hfmtl_after_transformers_and_peft_then_automodel_loads_a_saved_model(saved_model):
+    """The registration hook of hfmtl/_auto.py, when transformers and peft came first (hfmtl first:
+    the AutoModel case below)."""
+    code = "import sys, transformers, peft, hfmtl\n" + _loads(saved_model)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("first", ["BertModel", "AutoModel", "PreTrainedModel", "T5EncoderModel"])
-def test_import_hfmtl_then_any_transformers_name(first):
-    """`import hfmtl` hooks transformers' Auto modules: the hook must not re-enter a half-imported transformers."""
-    code = f"import hfmtl\nfrom transformers import {first}\nimport transformers\ntransformers.AutoConfig.for_model('hfmtl')"
+def test_import_hfmtl_then_any_transformers_name(first, saved_model):
+    """`import hfmtl` hooks transformers' Auto modules: the hook must not re-enter a half-imported
+    transformers. `import hfmtl` alone is enough for the Auto classes to load a saved model."""
+    code = f"import hfmtl\nfrom transformers import {first}\nimport transformers\ntransformers.AutoConfig.for_model('hfmtl')\n"
+    if first == "AutoModel":
+        code += _loads(saved_model)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
