@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from runs import read_config, train
+from runs import budget, read_config, train
 
 from hfmtl.run_record import RunRecord
 
@@ -45,19 +44,9 @@ def prepare_model(
 
     Only the first ``steps x batch_size`` training rows of each task are tokenized, to keep it short.
     """
-    data = copy.deepcopy(read_config(config))
+    data = budget(read_config(config), steps, batch_size, eval_steps=steps)
     if encoder:
         data["model"]["name_or_path"] = str(encoder)
-    data["train"].update(
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        eval_steps=steps,
-        save_steps=None,
-        save_total_limit=None,
-        load_best_model_at_end=False,
-        logging_steps=max(1, steps // 2),
-        report_to=[],
-    )
     for task in data["tasks"].values():
         task.update(max_train_samples=steps * batch_size, max_eval_samples=32)
     text = yaml.safe_dump(data, sort_keys=False)

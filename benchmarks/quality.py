@@ -38,7 +38,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/runs.py, also when loaded by path
-from runs import REPO, final_dev, machine_and_versions, read_config, run_cost, tiny_encoder, train, write_config  # noqa: E402
+from runs import (  # noqa: E402
+    REPO,
+    budget,
+    final_dev,
+    machine_and_versions,
+    read_config,
+    run_cost,
+    tiny_encoder,
+    train,
+    write_config,
+)
 
 PARTS = ("glue", "balancing", "conll")
 DEFAULT_METHODS = ["equal", "uncertainty", "uncertainty:lr=8.0e-5", "pcgrad", "cagrad"]
@@ -48,17 +58,7 @@ SMOKE_SAMPLES = {"train": 48, "eval": 24}
 def _budget(config: dict[str, Any], steps: int, batch_size: int, smoke: bool) -> dict[str, Any]:
     """`config` with the benchmark's budget: `steps` optimizer steps, one evaluation at the end, no
     intermediate checkpoints (the final model is still saved)."""
-    config = copy.deepcopy(config)
-    config["train"].update(
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        eval_steps=steps,
-        save_steps=None,
-        save_total_limit=None,
-        load_best_model_at_end=False,
-        logging_steps=max(1, min(25, steps // 4)),
-        report_to=[],
-    )
+    config = budget(config, steps, batch_size, eval_steps=steps)
     if smoke:
         for task in config["tasks"].values():
             task.update(max_train_samples=SMOKE_SAMPLES["train"], max_eval_samples=SMOKE_SAMPLES["eval"])

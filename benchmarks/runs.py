@@ -2,12 +2,14 @@
 
 Each training is its own process so that its peak memory and wall time are its own. A --smoke run trains
 in the benchmark's own process instead (`in_process`): it only checks that the script works, and a fresh
-process would spend most of its time importing torch and transformers (~8 s of a tiny run's ~9 s here).
+process spends most of a tiny run importing torch and transformers (8-10 s for hfmtl's trainer here; the
+quality smoke took 128 s with a process per run, 30 s in one).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import platform
 import runpy
@@ -48,6 +50,24 @@ def train(
     metrics = RunRecord.read(output_dir).to_dict()
     metrics["wall_seconds"] = round(time.time() - started, 1)
     return metrics
+
+
+def budget(config: dict[str, Any], steps: int, batch_size: int, eval_steps: int | None) -> dict[str, Any]:
+    """A copy of `config` at a benchmark's budget: `steps` optimizer steps of `batch_size` rows, an
+    evaluation every `eval_steps` (None: only the saved model's, at the end), no checkpoints (the final
+    model is still saved), no best-model reload, no trackers."""
+    config = copy.deepcopy(config)
+    config["train"].update(
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        eval_steps=eval_steps,
+        save_steps=None,
+        save_total_limit=None,
+        load_best_model_at_end=False,
+        logging_steps=max(1, min(25, steps // 4)),
+        report_to=[],
+    )
+    return config
 
 
 def write_config(data: dict[str, Any], path: Path) -> Path:

@@ -27,7 +27,6 @@ only (docs/scaling.md), so asking for fsdp there is refused. Results: outputs/be
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import runpy
@@ -43,6 +42,7 @@ from runs import (  # noqa: E402
     OFFLINE_ENV,
     RECIPE,
     REPO,
+    budget,
     machine_and_versions,
     random_encoder,
     read_config,
@@ -56,21 +56,9 @@ SMOKE = {"steps": 3, "warmup_steps": 1, "batch_size": 4, "max_length": 64, "num_
 
 def run_config(args: argparse.Namespace, model: str, output_dir: Path) -> dict[str, Any]:
     """configs/glue.yaml at the benchmark's budget: --steps steps, no evaluation or checkpoint inside."""
-    config = copy.deepcopy(read_config(args.config))
+    config = budget(read_config(args.config), args.steps, args.batch_size, eval_steps=None)
     config["model"].update(name_or_path=model, max_length=args.max_length)
-    config["train"].update(
-        output_dir=str(output_dir),
-        overwrite_output_dir=True,
-        max_steps=args.steps,
-        per_device_train_batch_size=args.batch_size,
-        eval_steps=None,
-        save_steps=None,
-        save_total_limit=None,
-        load_best_model_at_end=False,
-        logging_steps=max(1, args.steps // 4),
-        mixed_precision=args.mixed_precision,
-        report_to=[],
-    )
+    config["train"].update(output_dir=str(output_dir), overwrite_output_dir=True, mixed_precision=args.mixed_precision)
     for task in config["tasks"].values():  # enough rows for every step of every process
         task.update(max_train_samples=args.steps * args.batch_size * args.num_processes, max_eval_samples=16)
     return config

@@ -173,7 +173,7 @@ def _wait_for_training(process: subprocess.Popen, log: Path, seen: int) -> float
 
 # Every named moment once, two to a case where they can follow each other: a kill while training, then
 # the resumed run killed while finishing (each run that reaches the end runs the finishing sequence).
-# A case saves a run that way (each run is a fresh process, ~7 s of imports here) and checks a resume
+# A case saves a run that way (each run is a fresh process, 8-10 s of imports here) and checks a resume
 # that is itself killed; the finish and the end state are checked after every case, as for one kill.
 WHILE_TRAINING = [
     "checkpoint-without-manifest",

@@ -83,7 +83,7 @@ def test_an_unknown_compile_backend_is_one_line(tiny_encoder_dir, tmp_path):
 def test_a_compiled_run_saves_and_reloads_its_best_weights(tiny_encoder_dir, tmp_path):
     """The Accelerator wraps the model in torch.compile's OptimizedModule, whose state dict names every
     weight under `_orig_mod.`: saved so, AutoModel would load a model with random weights. The eager
-    backend wraps the model as every backend does, in 15 s here against aot_eager's 24 s (aot_eager, the
+    backend wraps the model as every backend does, in 12 s here against aot_eager's 24 s (aot_eager, the
     tracing inductor also does, runs in test_accelerate_launch_flags_reach_the_run)."""
     cfg = _config(tiny_encoder_dir, tmp_path, max_steps=6, eval_steps=3)
     trainer = run_recipe(cfg, "train.torch_compile=true", "train.torch_compile_backend=eager")

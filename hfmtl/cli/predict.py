@@ -43,7 +43,7 @@ from ..run_record import FILE_NAME as RUN_RECORD_FILE
 from ..run_record import RunRecord
 
 # torch, transformers and the model are imported by the commands that use them, not here: every
-# `hfmtl` command line (`hfmtl --help` too) builds this module's parsers (tests/test_cli.py).
+# `hfmtl` command line (`hfmtl --help` too) builds this module's parsers (tests/test_layout.py).
 if TYPE_CHECKING:
     from ..inference.predictor import Predictor
 
@@ -95,7 +95,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ..tasks.prediction import InputError as input_error
+    from ..tasks.prediction import InputError
 
     source = "<stdin>" if args.input == "-" else args.input
     records = _read_jsonl(args.input, source)
@@ -115,7 +115,7 @@ def _predict(args: argparse.Namespace) -> int:
             )
         try:
             predictor.check(task_name, record)
-        except (input_error, HfmtlError) as err:  # a missing field, a wrong type, an unknown task
+        except (InputError, HfmtlError) as err:  # a missing field, a wrong type, an unknown task
             raise HfmtlError(f"{where}: {err}") from None
         requests.append({**{k: v for k, v in record.items() if k not in ("task", "tasks")}, "task": task_name})
     options = {"return_all_scores": args.return_all_scores, "top_k": args.top_k, "threshold": args.threshold}
